@@ -1,0 +1,3 @@
+// Front door of src/network: 6PN addressing, the host bridge, per-Machine namespaces.
+export * from './addressing.js'
+export * from './machine-network.js'

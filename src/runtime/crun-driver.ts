@@ -1,0 +1,308 @@
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, unlinkSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
+import { readlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createHash } from 'node:crypto'
+import { runCommand } from '../core/command.js'
+import { InternalError, signalNumber, type ExecResponse, type Logger, type ProcessStat, silentLogger } from '../core/index.js'
+import { detectCgroups, prepareCgroups, readOomKills, type CgroupInfo } from './cgroups.js'
+import type { GuestExit, GuestSpec, GuestStatus, RuntimeDriver } from './driver.js'
+import { buildOciConfig } from './oci-spec.js'
+
+// The `crun` driver (DESIGN "Guests", host-facts §6). Each guest runs under its own `conmon`,
+// which daemonises, runs `crun create`, holds the guest's stdio (writing it to a bounded log) and
+// records the exit code in `<exits>/<id>` when the guest ends. conmon is not a child of the agent,
+// so killing or upgrading the agent never touches a running Machine; a restarted agent finds its
+// guests again with `crun list` and their exits in the exit directory.
+
+export interface CrunDriverOptions {
+  /** Driver state: crun's root, conmon's exit and socket dirs. */
+  stateDir: string
+  /** The parent cgroup of every guest of this host, e.g. "hangar-1a2b3c4d". */
+  cgroupParent: string
+  logger?: Logger
+  crunPath?: string
+  conmonPath?: string
+  /** Static tini, bind-mounted read-only into every guest as PID 1. */
+  initPath?: string
+}
+
+export class CrunDriver implements RuntimeDriver {
+  readonly name = 'crun'
+  private readonly crunRoot: string
+  private readonly exitDir: string
+  private readonly socketDir: string
+  private readonly crun: string
+  private readonly conmon: string
+  private readonly initPath: string
+  private readonly logger: Logger
+  private readonly exitListeners = new Set<(machineId: string) => void>()
+  private watcher: FSWatcher | undefined
+
+  private constructor(private readonly options: CrunDriverOptions, private readonly cgroups: CgroupInfo) {
+    this.crunRoot = join(options.stateDir, 'crun')
+    this.exitDir = join(options.stateDir, 'exits')
+    // conmon puts attach sockets under this dir; unix socket paths are limited to 108 bytes, so
+    // it lives in /run under a short hash of the state dir rather than under a deep data dir.
+    this.socketDir = `/run/hangar-${createHash('sha256').update(options.stateDir).digest('hex').slice(0, 10)}`
+    this.crun = options.crunPath ?? '/usr/bin/crun'
+    this.conmon = options.conmonPath ?? '/usr/bin/conmon'
+    this.initPath = options.initPath ?? '/usr/bin/tini-static'
+    this.logger = options.logger ?? silentLogger
+  }
+
+  static async create(options: CrunDriverOptions): Promise<CrunDriver> {
+    for (const [path, what] of [[options.crunPath ?? '/usr/bin/crun', 'crun'], [options.conmonPath ?? '/usr/bin/conmon', 'conmon'], [options.initPath ?? '/usr/bin/tini-static', 'tini-static']] as const) {
+      if (!existsSync(path)) throw new InternalError(`${what} is not installed at ${path} (Debian packages crun, conmon, tini; run scripts/setup)`)
+    }
+    const cgroups = await prepareCgroups(options.logger)
+    const driver = new CrunDriver(options, cgroups)
+    for (const dir of [driver.crunRoot, driver.exitDir, driver.socketDir]) mkdirSync(dir, { recursive: true })
+    driver.watcher = watch(driver.exitDir, (_event, filename) => {
+      // conmon writes `<id>.XXXXXX` then renames it to `<id>`: only the final name counts.
+      if (!filename || filename.includes('.')) return
+      for (const listener of driver.exitListeners) listener(filename)
+    })
+    driver.watcher.on('error', (err) => driver.logger.error('exit watcher failed', { err }))
+    return driver
+  }
+
+  get cgroupInfo(): CgroupInfo { return this.cgroups }
+
+  cgroupsPathFor(machineId: string): string {
+    return `/${this.options.cgroupParent}/${machineId}`
+  }
+
+  private crunArgs(...args: string[]): string[] {
+    return ['--root', this.crunRoot, ...args]
+  }
+
+  async launch(spec: GuestSpec): Promise<{ pid: number }> {
+    const id = spec.machineId
+    // A stale exit file from an earlier run of this Machine would read as this run's exit.
+    this.clearExit(id)
+    // An earlier, interrupted launch may have left a container record behind.
+    await runCommand(this.crun, this.crunArgs('delete', '-f', id), { allowFailure: true })
+    const config = buildOciConfig(spec, { initPath: this.initPath, cgroupsPath: this.cgroupsPathFor(id), openFiles: GUEST_OPEN_FILES })
+    writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config))
+    const pid = await this.createUnderConmon(spec)
+    const started = await runCommand(this.crun, this.crunArgs('start', id), { allowFailure: true, timeoutMs: 30_000 })
+    if (started.code !== 0) {
+      await this.remove(id)
+      throw new InternalError(`crun could not start the guest: ${started.stderr.trim()}`)
+    }
+    return { pid }
+  }
+
+  /** Starts conmon, which runs `crun create`, and waits on conmon's sync pipe for the guest's pid
+   * (conmon API v1 writes `{"data": pid}` there, or `{"data": -1, "message": …}` on failure). */
+  private createUnderConmon(spec: GuestSpec): Promise<number> {
+    const id = spec.machineId
+    const args = [
+      '--api-version', '1', '-c', id, '-u', id, '-n', id,
+      '-r', this.crun, '--runtime-arg', '--root', '--runtime-arg', this.crunRoot,
+      '-b', spec.bundleDir, '-p', join(spec.bundleDir, 'pid'), '-P', join(spec.bundleDir, 'conmon.pid'),
+      '-l', `k8s-file:${spec.logPath}`, '--log-size-max', String(spec.logMaxBytes),
+      '--exit-dir', this.exitDir, '--socket-dir-path', this.socketDir,
+    ]
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.conmon, args, {
+        stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+        env: { ...process.env, _OCI_SYNCPIPE: '3' },
+        detached: true,
+      })
+      const syncPipe = child.stdio[3] as NodeJS.ReadableStream
+      let buffered = ''
+      let stderr = ''
+      let settled = false
+      const timer = setTimeout(() => finish(new InternalError(`conmon did not report the guest within 30 s`)), 30_000)
+      const finish = (err: Error | undefined, pid?: number) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        ;(syncPipe as unknown as { destroy(): void }).destroy()
+        child.stderr?.destroy()
+        child.unref()
+        if (err) reject(err)
+        else resolve(pid!)
+      }
+      child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+      syncPipe.on('data', (chunk: Buffer) => {
+        buffered += chunk.toString()
+        const newline = buffered.indexOf('\n')
+        const text = newline >= 0 ? buffered.slice(0, newline) : buffered
+        let message: { data?: number; message?: string }
+        try { message = JSON.parse(text) } catch { return }
+        if (typeof message.data === 'number' && message.data > 0) finish(undefined, message.data)
+        else finish(new InternalError(`the guest could not be created: ${(message.message ?? stderr).trim() || 'crun create failed'}`))
+      })
+      syncPipe.on('end', () => finish(new InternalError(`conmon exited before reporting the guest: ${stderr.trim() || 'no output'}`)))
+      child.on('error', (err) => finish(new InternalError(`cannot run conmon: ${err.message}`)))
+    })
+  }
+
+  async kill(machineId: string, signal: string): Promise<void> {
+    const result = await runCommand(this.crun, this.crunArgs('kill', machineId, String(signalNumber(signal))), { allowFailure: true })
+    if (result.code !== 0 && !/not running|does not exist|No such/i.test(result.stderr)) {
+      throw new InternalError(`crun kill ${signal} failed: ${result.stderr.trim()}`)
+    }
+  }
+
+  async pause(machineId: string): Promise<void> {
+    await runCommand(this.crun, this.crunArgs('pause', machineId))
+  }
+
+  async resume(machineId: string): Promise<void> {
+    await runCommand(this.crun, this.crunArgs('resume', machineId))
+  }
+
+  async status(machineId: string): Promise<GuestStatus> {
+    const result = await runCommand(this.crun, this.crunArgs('state', machineId), { allowFailure: true })
+    if (result.code !== 0) return 'absent'
+    try {
+      const state = JSON.parse(result.stdout) as { status: string }
+      if (state.status === 'created' || state.status === 'running' || state.status === 'paused' || state.status === 'stopped') return state.status
+      return 'stopped'
+    } catch {
+      return 'absent'
+    }
+  }
+
+  async exitStatus(machineId: string): Promise<GuestExit | undefined> {
+    const file = join(this.exitDir, machineId)
+    let text: string
+    try { text = readFileSync(file, 'utf8').trim() } catch { return undefined }
+    const exitCode = Number(text)
+    if (!Number.isFinite(exitCode)) return undefined
+    const oomKills = readOomKills(this.cgroups, this.cgroupsPathFor(machineId))
+    return {
+      exitCode,
+      signal: exitCode > 128 ? exitCode - 128 : 0,
+      oomKilled: oomKills > 0,
+      exitedAt: statSync(file).mtime,
+    }
+  }
+
+  /** The guest has gone but its monitor left no exit file (it was killed too): report that. */
+  async monitorGone(bundleDir: string): Promise<boolean> {
+    try {
+      const pid = Number(readFileSync(join(bundleDir, 'conmon.pid'), 'utf8').trim())
+      process.kill(pid, 0)
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      return !cmdline.startsWith(this.conmon) && !cmdline.startsWith('conmon')
+    } catch {
+      return true
+    }
+  }
+
+  async remove(machineId: string): Promise<void> {
+    await runCommand(this.crun, this.crunArgs('delete', '-f', machineId), { allowFailure: true, timeoutMs: 30_000 })
+  }
+
+  clearExit(machineId: string): void {
+    try { unlinkSync(join(this.exitDir, machineId)) } catch { /* none */ }
+  }
+
+  async exec(machineId: string, command: string[], options: { stdin?: string; timeoutMs: number; env?: Record<string, string> }): Promise<ExecResponse> {
+    const envArgs = Object.entries(options.env ?? {}).flatMap(([k, v]) => ['--env', `${k}=${v}`])
+    const result = await runCommand(this.crun, this.crunArgs('exec', ...envArgs, machineId, ...command), {
+      input: options.stdin ?? '', timeoutMs: options.timeoutMs, allowFailure: true, maxOutputBytes: 1024 * 1024,
+    })
+    const killedBy = result.signal ? signalNumber(result.signal) : 0
+    return { exit_code: killedBy ? 128 + killedBy : result.code, exit_signal: killedBy, stdout: result.stdout, stderr: result.stderr }
+  }
+
+  async processes(machineId: string): Promise<ProcessStat[]> {
+    const result = await runCommand(this.crun, this.crunArgs('ps', '--format', 'json', machineId), { allowFailure: true })
+    if (result.code !== 0) return []
+    let pids: number[]
+    try { pids = JSON.parse(result.stdout) as number[] } catch { return [] }
+    const clockTicks = 100
+    const stats: ProcessStat[] = []
+    for (const pid of pids) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+        const utime = Number(fields[11]); const stime = Number(fields[12]); const startTicks = Number(fields[19])
+        const rssPages = Number(fields[21])
+        const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ')
+        let directory = ''
+        try { directory = await readlink(`/proc/${pid}/cwd`) } catch { /* exited */ }
+        stats.push({
+          pid, command, directory,
+          cpu: Math.round(((utime + stime) / clockTicks) * 1000),
+          rss: rssPages * 4096,
+          stime: Math.round((stime / clockTicks) * 1000),
+          rtime: Math.round((startTicks / clockTicks) * 1000),
+          listen_sockets: [],
+        })
+      } catch { /* the process exited meanwhile */ }
+    }
+    if (stats[0]) stats[0].listen_sockets = listeningSockets(stats[0].pid)
+    return stats
+  }
+
+  async list(): Promise<string[]> {
+    if (!existsSync(this.crunRoot)) return []
+    return readdirSync(this.crunRoot).filter((name) => existsSync(join(this.crunRoot, name, 'status')) || existsSync(join(this.crunRoot, name)))
+  }
+
+  onExit(listener: (machineId: string) => void): () => void {
+    this.exitListeners.add(listener)
+    return () => this.exitListeners.delete(listener)
+  }
+
+  /** Stops watching exits. Running guests are untouched (they outlive the agent); when none is
+   * left, the driver's empty cgroup parents and socket dir are removed too. */
+  async close(): Promise<void> {
+    this.watcher?.close()
+    this.watcher = undefined
+    this.exitListeners.clear()
+    if ((await this.list()).length > 0) return
+    for (const mount of allCgroupMounts()) {
+      try { rmdirSync(join(mount, this.options.cgroupParent)) } catch { /* absent or still in use */ }
+    }
+    rmSync(this.socketDir, { recursive: true, force: true })
+  }
+}
+
+/** Every cgroup hierarchy's mount point: crun makes the guest's cgroup in each, named ones too. */
+function allCgroupMounts(): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .filter((line) => / - cgroup2? /.test(line))
+    .map((line) => line.split(' ')[4]!)
+}
+
+/** TCP sockets in LISTEN state in the guest's network namespace, read through its init's /proc. */
+function listeningSockets(pid: number): Array<{ address: string; proto: string }> {
+  const sockets: Array<{ address: string; proto: string }> = []
+  for (const [file, proto] of [['tcp', 'tcp'], ['tcp6', 'tcp6']] as const) {
+    let text: string
+    try { text = readFileSync(`/proc/${pid}/net/${file}`, 'utf8') } catch { continue }
+    for (const line of text.split('\n').slice(1)) {
+      const parts = line.trim().split(/\s+/)
+      if (parts[3] !== '0A') continue // 0A = LISTEN
+      const [hexAddr, hexPort] = parts[1]!.split(':')
+      const port = parseInt(hexPort!, 16)
+      const address = proto === 'tcp'
+        ? hexAddr!.match(/../g)!.reverse().map((h) => parseInt(h, 16)).join('.')
+        : (hexAddr === '00000000000000000000000000000000' ? '::' : hexAddr!)
+      sockets.push({ address: `${address}:${port}`, proto })
+    }
+  }
+  return sockets
+}
+
+export { detectCgroups }
+
+// Guests get the open-file limit the agent itself may grant: raising a hard limit above the
+// caller's needs CAP_SYS_RESOURCE, which a host inside a container may not have.
+const GUEST_OPEN_FILES = (() => {
+  try {
+    const match = /^Max open files\s+(\d+)\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'))
+    const hard = match?.[2] === 'unlimited' ? 1048576 : Number(match?.[2] ?? 1024)
+    return Math.min(hard, 1048576)
+  } catch {
+    return 1024
+  }
+})()
