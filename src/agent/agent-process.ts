@@ -1,0 +1,121 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpus, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { createHash, randomBytes } from 'node:crypto'
+import { Bus, SUBJECTS } from '../bus/index.js'
+import { createLogger, type Logger, type Machine } from '../core/index.js'
+import { ImageStore, prepareRootfs, releaseRootfs, resetRootfs, type PulledImage } from '../images/index.js'
+import { bridgeNameFor, defaultMachineSubnet } from '../network/index.js'
+import { CrunDriver } from '../runtime/index.js'
+import { Agent } from './agent.js'
+import { serveAgent, type HostInfo } from './agent-service.js'
+import type { ImagePort } from './ports.js'
+
+// `hangar agent`: one host's agent as its own process (the host supervisor starts it). It owns
+// `<data>/agent.db`, `<data>/machines`, `<data>/runtime` and `<data>/images`.
+
+export interface AgentProcessOptions {
+  dataDir: string
+  region: string
+  natsUrl: string
+  hostId?: string
+  machineSubnet?: string
+  bridge?: string
+  /** The address other hosts and proxies reach this host at. */
+  hostAddress?: string
+  proxyAddr?: string
+  catalogUrl?: string
+  insecureRegistries?: string[]
+  logger?: Logger
+}
+
+/** A host's id is made once and kept in its data dir. */
+export function hostIdFor(dataDir: string): string {
+  const file = join(dataDir, 'host-id')
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim()
+  mkdirSync(dataDir, { recursive: true })
+  const id = randomBytes(6).toString('hex')
+  writeFileSync(file, id)
+  return id
+}
+
+export function imagePort(store: ImageStore): ImagePort {
+  return {
+    pull: (ref) => store.pull(ref),
+    prepareRootfs: (image, machineDir) => prepareRootfs(image as PulledImage, machineDir),
+    resetRootfs: (machineDir) => resetRootfs(machineDir),
+    releaseRootfs: (machineDir) => releaseRootfs(machineDir),
+  }
+}
+
+export interface RunningAgent {
+  agent: Agent
+  bus: Bus
+  info(): HostInfo
+  close(): Promise<void>
+}
+
+export async function startAgent(options: AgentProcessOptions): Promise<RunningAgent> {
+  const logger = options.logger ?? createLogger('agent')
+  const hostId = options.hostId ?? hostIdFor(options.dataDir)
+  const bus = await Bus.connect(options.natsUrl, { name: `agent-${hostId}`, logger })
+  const driver = await CrunDriver.create({
+    stateDir: join(options.dataDir, 'runtime'),
+    cgroupParent: `hangar-${createHash('sha256').update(hostId).digest('hex').slice(0, 8)}`,
+    logger,
+  })
+  const images = new ImageStore({ dataDir: join(options.dataDir, 'images'), logger, insecureRegistries: options.insecureRegistries })
+  const startedAt = new Date().toISOString()
+  const publishChange = (machine: Machine) => bus.publish(SUBJECTS.machineChanges(hostId), { hostId, machine, route: agent.route(agent.store.getMachine(machine.id)!) })
+  const agent: Agent = await Agent.open({
+    hostId,
+    region: options.region,
+    dataDir: options.dataDir,
+    driver,
+    images: imagePort(images),
+    bridge: options.bridge ?? bridgeNameFor(hostId),
+    machineSubnet: options.machineSubnet ?? defaultMachineSubnet(hostId),
+    logger,
+    crashPointsFile: process.env.HANGAR_AGENT_CRASH_POINTS,
+    events: {
+      machineChanged: (machine) => publishChange(machine),
+      machineRemoved: (machine) => publishChange(machine),
+      log: (line) => bus.publish(SUBJECTS.logs(line.app, line.machine_id), line),
+    },
+  })
+  const info = (): HostInfo => {
+    const usage = agent.usage()
+    return {
+      id: hostId, region: options.region, addr: options.hostAddress ?? '127.0.0.1', proxyAddr: options.proxyAddr, catalogUrl: options.catalogUrl,
+      capacity: { cpus: cpus().length * 8, memoryMb: Math.floor(totalmem() / 1024 / 1024) },
+      usage: { machines: usage.machines, cpus: usage.cpus, memoryMb: usage.memoryMb },
+      startedAt,
+    }
+  }
+  const stopServing = serveAgent({ agent, bus, info, logger })
+  logger.info('agent ready', { hostId, region: options.region, machines: agent.usage().machines })
+  let closed = false
+  return {
+    agent, bus, info,
+    async close() {
+      if (closed) return
+      closed = true
+      stopServing()
+      await agent.close()
+      await driver.close()
+      await images.close()
+      await bus.close()
+    },
+  }
+}
+
+/** The process entry: runs until SIGTERM/SIGINT, then drains. */
+export async function runAgentProcess(options: AgentProcessOptions): Promise<void> {
+  const running = await startAgent(options)
+  const shutdown = async () => {
+    await running.close()
+    process.exit(0)
+  }
+  process.once('SIGTERM', shutdown)
+  process.once('SIGINT', shutdown)
+}

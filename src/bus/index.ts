@@ -1,0 +1,3 @@
+// Front door of src/bus: typed subjects and JSON RPC over a real NATS server.
+export { Bus, SUBJECTS, type RpcHandlers } from './bus.js'
+export { startNatsServer, type NatsServer } from './nats-server.js'
