@@ -1,0 +1,12 @@
+// Front door of src/proxy: `hangar proxy` (DESIGN "Proxy", issue 3).
+export { startProxy, DEFAULT_MAX_HEADER_BYTES, type ProxyOptions, type RunningProxy, type ListeningPort } from './proxy.js'
+export { runProxyProcess, parseProxyArgs, type ProxyProcessOptions } from './process.js'
+export { pickCandidate, loadBucket, type BalancerCandidate } from './balancer.js'
+export { decideAutostop, type AutostopGroup, type AutostopMachine, type AutostopAction } from './autostop.js'
+export { normaliseService, normaliseServices, normaliseAutostop, DEFAULT_SOFT_LIMIT, type ServiceSpec, type PortSpec, type HandlerName } from './services.js'
+export { LocalTransport, type Transport, type UpstreamTarget } from './transport.js'
+export { DEFAULT_QUEUE_LIMITS, type QueueLimits } from './dispatcher.js'
+export { DEFAULT_AUTOSTOP_INTERVAL_MS } from './autostop-loop.js'
+export { ProxyMetrics } from './metrics.js'
+export { parseReplayHeader, parseReplayJson, MAX_REPLAY_BODY_BYTES } from './fly-replay.js'
+export { proxyHeaderV1, proxyHeaderV2 } from './proxy-protocol.js'

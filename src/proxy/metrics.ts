@@ -1,0 +1,92 @@
+// Prometheus metrics for the proxy (issue 3 "Metrics"). The data path bumps plain numeric fields
+// on per-app and per-Machine objects (no label lookups per request); the exposition walks them
+// when scraped. Text format: https://prometheus.io/docs/instrumenting/exposition_formats/
+
+export interface AppCounters {
+  connections: number
+  connectionsOpen: number
+  requests: number
+  refusals: Map<string, number>
+  autostarts: number
+  autostops: number
+  upstreamErrors: number
+  replays: number
+}
+
+export interface MachineGauge {
+  app: string
+  machineId: string
+  region: string
+  load: () => number
+  queued: () => number
+}
+
+export type RefusalReason = 'queue_timeout' | 'queue_full' | 'no_machines' | 'no_app' | 'header_too_large' | 'headers_timeout' | 'bad_request' | 'replay_too_large' | 'replay_failed' | 'tls_handshake' | 'closing'
+
+export class ProxyMetrics {
+  private readonly apps = new Map<string, AppCounters>()
+  private readonly machineGauges = new Map<string, MachineGauge>()
+  private readonly queueDepths = new Map<string, () => number>()
+
+  app(app: string): AppCounters {
+    let counters = this.apps.get(app)
+    if (!counters) {
+      counters = { connections: 0, connectionsOpen: 0, requests: 0, refusals: new Map(), autostarts: 0, autostops: 0, upstreamErrors: 0, replays: 0 }
+      this.apps.set(app, counters)
+    }
+    return counters
+  }
+
+  refuse(app: string, reason: RefusalReason): void {
+    const refusals = this.app(app).refusals
+    refusals.set(reason, (refusals.get(reason) ?? 0) + 1)
+  }
+
+  refusals(app: string, reason?: RefusalReason): number {
+    const refusals = this.apps.get(app)?.refusals
+    if (!refusals) return 0
+    if (reason) return refusals.get(reason) ?? 0
+    let total = 0
+    for (const n of refusals.values()) total += n
+    return total
+  }
+
+  setMachineGauge(key: string, gauge: MachineGauge | undefined): void {
+    if (gauge) this.machineGauges.set(key, gauge)
+    else this.machineGauges.delete(key)
+  }
+
+  setQueueDepth(service: string, depth: (() => number) | undefined): void {
+    if (depth) this.queueDepths.set(service, depth)
+    else this.queueDepths.delete(service)
+  }
+
+  /** The Prometheus text exposition. */
+  render(): string {
+    const lines: string[] = []
+    const family = (name: string, type: 'counter' | 'gauge', help: string) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+    const label = (value: string) => value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+    const perApp = (name: string, type: 'counter' | 'gauge', help: string, read: (c: AppCounters) => number) => {
+      family(name, type, help)
+      for (const [app, counters] of this.apps) lines.push(`${name}{app="${label(app)}"} ${read(counters)}`)
+    }
+    perApp('hangar_proxy_connections_total', 'counter', 'Client connections accepted.', (c) => c.connections)
+    perApp('hangar_proxy_connections_open', 'gauge', 'Client connections open now.', (c) => c.connectionsOpen)
+    perApp('hangar_proxy_requests_total', 'counter', 'HTTP requests proxied (HTTP/1.1 and HTTP/2).', (c) => c.requests)
+    perApp('hangar_proxy_autostarts_total', 'counter', 'Machines started by the proxy.', (c) => c.autostarts)
+    perApp('hangar_proxy_autostops_total', 'counter', 'Machines stopped or suspended by the autostop loop.', (c) => c.autostops)
+    perApp('hangar_proxy_upstream_errors_total', 'counter', 'Failed connections or exchanges with a Machine.', (c) => c.upstreamErrors)
+    perApp('hangar_proxy_replays_total', 'counter', 'Requests replayed because of fly-replay.', (c) => c.replays)
+    family('hangar_proxy_refusals_total', 'counter', 'Connections or requests the proxy refused, by reason.')
+    for (const [app, counters] of this.apps) {
+      for (const [reason, n] of counters.refusals) lines.push(`hangar_proxy_refusals_total{app="${label(app)}",reason="${reason}"} ${n}`)
+    }
+    family('hangar_proxy_queue_depth', 'gauge', 'Requests or connections waiting for a Machine under its hard limit.')
+    for (const [service, depth] of this.queueDepths) lines.push(`hangar_proxy_queue_depth{service="${label(service)}"} ${depth()}`)
+    family('hangar_proxy_machine_load', 'gauge', 'Connections or in-flight requests per Machine (the service concurrency type).')
+    for (const [key, gauge] of this.machineGauges) {
+      lines.push(`hangar_proxy_machine_load{app="${label(gauge.app)}",machine="${gauge.machineId}",region="${label(gauge.region)}",service="${label(key)}"} ${gauge.load()}`)
+    }
+    return lines.join('\n') + '\n'
+  }
+}

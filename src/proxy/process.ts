@@ -1,0 +1,3 @@
+export interface ProxyProcessOptions { placeholder?: true }
+export function parseProxyArgs(): ProxyProcessOptions { return {} }
+export async function runProxyProcess(): Promise<void> {}

@@ -1,0 +1,232 @@
+import http from 'node:http'
+import net from 'node:net'
+import { createLogger, InvalidArgumentError, type Logger, type MachineController, type RouteSource } from '../core/index.js'
+import { AutostopLoop, DEFAULT_AUTOSTOP_INTERVAL_MS } from './autostop-loop.js'
+import { CertificateStore } from './certificates.js'
+import { ConnectionHandlers } from './connection-handlers.js'
+import { requestIdGenerator, type ProxyContext } from './context.js'
+import { DEFAULT_QUEUE_LIMITS, Dispatcher, type QueueLimits } from './dispatcher.js'
+import { exchangeClients } from './http-exchange.js'
+import { Http2Frontend } from './http2-frontend.js'
+import type { UpstreamConn } from './http1-proxy.js'
+import { ProxyMetrics } from './metrics.js'
+import { RoutingTable } from './routing-table.js'
+import { LocalTransport, UpstreamPool, type Transport } from './transport.js'
+
+// `hangar proxy` (DESIGN "Proxy", issue 3): follows a RouteSource, listens on every public port
+// the services name, balances per the seed, queues at hard limits, autostarts and autostops
+// through a MachineController, and serves Prometheus metrics.
+
+export interface ProxyOptions {
+  /** Machines and apps to route to (the agent on one host; the catalog in a cluster). */
+  routeSource: RouteSource
+  /** Autostart/autostop go through it; without one the proxy never starts or stops Machines. */
+  controller?: MachineController
+  /** The region this proxy's host is in (Fly-Region). */
+  region: string
+  /** This host's id: RTT 0 to its own Machines; autostop acts only on them. */
+  hostId: string
+  /** Apps are reachable as `<app>.<domain>`. */
+  domain: string
+  /** Where the Hangar CA and issued certificates live. */
+  caDir: string
+  /** Address the public ports bind (default 0.0.0.0; tests use 127.0.0.1). */
+  listenHost?: string
+  /** Service port → local port to bind instead (e.g. {443: 8443} without root). */
+  portMap?: Record<number, number>
+  /** Only these service ports are opened (default: every port the services name). */
+  ports?: number[]
+  /** Autostop pass interval (default 3 minutes; reference §4.2 "every few minutes"). */
+  autostopIntervalMs?: number
+  queue?: Partial<QueueLimits>
+  /** Where /metrics is served (port 0 picks one); omit to serve none. */
+  metrics?: { host: string; port: number }
+  maxHeaderBytes?: number
+  logger?: Logger
+  /** How to reach a Machine (default: connect straight to its address). */
+  transport?: Transport
+  /** RTT to a host, ms (default: 0 for this host, 100 for others, until measured). */
+  rttMs?: (hostId: string) => number
+  /** Tie-breaking randomness, [0, 1). */
+  random?: () => number
+}
+
+export interface ListeningPort {
+  /** The port the service names. */
+  servicePort: number
+  host: string
+  /** The port actually bound (differs with portMap or port 0). */
+  port: number
+}
+
+export interface RunningProxy {
+  /** Ports listened on now (they follow the services). */
+  readonly addresses: ListeningPort[]
+  readonly metrics: ProxyMetrics
+  /** Where /metrics is served, if asked. */
+  readonly metricsAddress: { host: string; port: number } | undefined
+  /** The CA certificate (PEM) clients trust to verify `<app>.<domain>`. */
+  readonly caCertPem: string
+  /** Resolves once the service port is listened on (after a route change adds it). */
+  listening(servicePort: number, timeoutMs?: number): Promise<ListeningPort>
+  /** Runs one autostop pass now. */
+  autostopPass(): Promise<void>
+  /** Stops accepting, ends connections, stops the loops; idempotent. */
+  close(): Promise<void>
+}
+
+export const DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+
+export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
+  for (const [name, value] of [['region', options.region], ['hostId', options.hostId], ['domain', options.domain], ['caDir', options.caDir]] as const) {
+    if (typeof value !== 'string' || value.length === 0) throw new InvalidArgumentError(`proxy: ${name} is required`)
+  }
+  const logger = options.logger ?? createLogger('proxy')
+  const listenHost = options.listenHost ?? '0.0.0.0'
+  const metrics = new ProxyMetrics()
+  const certificates = await CertificateStore.open(options.caDir, logger)
+  const table = new RoutingTable({
+    domain: options.domain,
+    rttMs: options.rttMs ?? ((hostId) => (hostId === options.hostId ? 0 : 100)),
+    logger,
+    onChange: () => syncListeners(),
+  })
+  const limits: QueueLimits = { ...DEFAULT_QUEUE_LIMITS, ...options.queue }
+  const dispatcher = new Dispatcher({ table, controller: options.controller, metrics, limits, logger, ...(options.random ? { random: options.random } : {}) })
+  const pool = new UpstreamPool<UpstreamConn>({ idleTimeoutMs: 4000 })
+  const ctx: ProxyContext = {
+    table, dispatcher, metrics, logger,
+    transport: options.transport ?? new LocalTransport(),
+    region: options.region,
+    hostId: options.hostId,
+    domain: options.domain,
+    maxHeaderBytes: options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
+    requestId: requestIdGenerator(options.region),
+    http2: undefined as unknown as Http2Frontend,
+    connections: new Set(),
+    closing: false,
+  }
+  const http2Frontend = new Http2Frontend(ctx)
+  ctx.http2 = http2Frontend
+  const handlers = new ConnectionHandlers(ctx, pool, certificates)
+
+  // Listeners follow the services' ports.
+  const servers = new Map<number, { server: net.Server; address: ListeningPort | undefined }>()
+  const waiters = new Map<number, Array<(address: ListeningPort) => void>>()
+  let closed = false
+  function syncListeners(): void {
+    if (closed) return
+    const wanted = new Set<number>()
+    for (const port of table.ports.keys()) if (options.ports === undefined || options.ports.includes(port)) wanted.add(port)
+    for (const [port, entry] of servers) {
+      if (!wanted.has(port)) { entry.server.close(); servers.delete(port) }
+    }
+    for (const port of wanted) {
+      if (servers.has(port)) continue
+      const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => handlers.accept(socket, port))
+      const entry = { server, address: undefined as ListeningPort | undefined }
+      servers.set(port, entry)
+      const bindPort = options.portMap?.[port] ?? port
+      server.on('error', (err) => {
+        logger.error('cannot listen on a service port', { port, bindPort, error: err })
+        servers.delete(port)
+      })
+      server.listen({ host: listenHost, port: bindPort, backlog: 4096 }, () => {
+        const address = server.address() as net.AddressInfo
+        entry.address = { servicePort: port, host: address.address, port: address.port }
+        logger.info('listening', { servicePort: port, host: address.address, port: address.port })
+        for (const resolve of waiters.get(port) ?? []) resolve(entry.address)
+        waiters.delete(port)
+      })
+    }
+  }
+
+  const unsubscribe = options.routeSource.subscribe((change) => {
+    try {
+      table.apply(change)
+    } catch (err) {
+      logger.error('route change failed', { kind: change.kind, error: err })
+    }
+  })
+
+  // Slow heads and idle keep-alive connections are swept once a second.
+  const sweeper = setInterval(() => {
+    const now = Date.now()
+    for (const conn of ctx.connections) conn.sweep(now)
+  }, 1000)
+  sweeper.unref()
+
+  const autostop = options.controller !== undefined
+    ? new AutostopLoop({ table, controller: options.controller, metrics, logger, hostId: options.hostId, intervalMs: options.autostopIntervalMs ?? DEFAULT_AUTOSTOP_INTERVAL_MS })
+    : undefined
+
+  let metricsServer: http.Server | undefined
+  let metricsAddress: { host: string; port: number } | undefined
+  if (options.metrics !== undefined) {
+    metricsServer = http.createServer((req, res) => {
+      if (req.url === '/metrics' || req.url?.startsWith('/metrics?')) {
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' })
+        res.end(metrics.render())
+      } else {
+        res.writeHead(404, { 'content-type': 'text/plain' })
+        res.end('not found: the metrics are at /metrics\n')
+      }
+    })
+    await new Promise<void>((resolve, reject) => {
+      metricsServer!.once('error', reject)
+      metricsServer!.listen(options.metrics!.port, options.metrics!.host, () => resolve())
+    })
+    const address = metricsServer.address() as net.AddressInfo
+    metricsAddress = { host: address.address, port: address.port }
+  }
+
+  // The first snapshot's ports are open before startProxy returns.
+  await Promise.all([...servers.keys()].map((port) => listening(port, 5000).catch(() => undefined)))
+
+  function listening(servicePort: number, timeoutMs = 5000): Promise<ListeningPort> {
+    const existing = servers.get(servicePort)?.address
+    if (existing !== undefined) return Promise.resolve(existing)
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`port ${servicePort} is not listened on after ${timeoutMs} ms`)), timeoutMs)
+      const list = waiters.get(servicePort) ?? []
+      list.push((address) => { clearTimeout(timer); resolve(address) })
+      waiters.set(servicePort, list)
+    })
+  }
+
+  let closing: Promise<void> | undefined
+  return {
+    get addresses() {
+      return [...servers.values()].map((s) => s.address).filter((a): a is ListeningPort => a !== undefined)
+    },
+    metrics,
+    metricsAddress,
+    caCertPem: certificates.caCertPem,
+    listening,
+    autostopPass: () => autostop?.pass() ?? Promise.resolve(),
+    close() {
+      closing ??= (async () => {
+        closed = true
+        ctx.closing = true
+        unsubscribe()
+        clearInterval(sweeper)
+        dispatcher.close()
+        await autostop?.close()
+        const closes = [...servers.values()].map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())))
+        servers.clear()
+        for (const conn of ctx.connections) conn.destroy()
+        ctx.connections.clear()
+        handlers.close()
+        http2Frontend.close()
+        pool.close()
+        exchangeClients(ctx).close()
+        if (metricsServer !== undefined) {
+          metricsServer.closeAllConnections()
+          closes.push(new Promise<void>((resolve) => metricsServer!.close(() => resolve())))
+        }
+        await Promise.all(closes)
+      })()
+      return closing
+    },
+  }
+}

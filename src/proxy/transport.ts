@@ -1,0 +1,94 @@
+import net from 'node:net'
+import type { MachineRoute } from '../core/index.js'
+
+// How the proxy reaches a Machine. On one host it connects straight to the Machine's address
+// (LocalTransport). The cluster issue adds a backhaul transport that connects to the worker
+// proxy on the Machine's host and names the Machine and port in a preamble; the data path only
+// sees the Transport interface, so nothing else changes.
+
+export interface UpstreamTarget {
+  machine: MachineRoute
+  host: string
+  port: number
+}
+
+export interface Transport {
+  /** A connecting socket to the target; 'connect' or 'error' follows. */
+  connect(target: UpstreamTarget): net.Socket
+}
+
+export class LocalTransport implements Transport {
+  connect(target: UpstreamTarget): net.Socket {
+    const socket = net.connect({ host: target.host, port: target.port, noDelay: true })
+    return socket
+  }
+}
+
+/** Idle keep-alive connections to Machines, per host:port (reference §4.1: the proxy pools
+ * upstream connections for about 4 s). Pooled objects keep their own socket listeners (so taking
+ * one from the pool costs no listener churn); a destroyed one is skipped lazily. */
+export interface Poolable {
+  readonly destroyed: boolean
+  idleSince: number
+  destroy(): void
+}
+
+export class UpstreamPool<T extends Poolable> {
+  private readonly idle = new Map<string, T[]>()
+  private readonly idleTimeoutMs: number
+  private readonly maxIdlePerTarget: number
+  private sweeper: NodeJS.Timeout | undefined
+  private closed = false
+
+  constructor(options: { idleTimeoutMs?: number; maxIdlePerTarget?: number } = {}) {
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 4000
+    this.maxIdlePerTarget = options.maxIdlePerTarget ?? 1024
+    this.sweeper = setInterval(() => this.sweep(), Math.max(250, this.idleTimeoutMs / 4))
+    this.sweeper.unref()
+  }
+
+  take(key: string): T | undefined {
+    const list = this.idle.get(key)
+    if (list === undefined) return undefined
+    while (list.length > 0) {
+      const conn = list.pop()!
+      if (!conn.destroyed) return conn
+    }
+    return undefined
+  }
+
+  put(key: string, conn: T, now: number): void {
+    if (this.closed || conn.destroyed) { conn.destroy(); return }
+    let list = this.idle.get(key)
+    if (list === undefined) { list = []; this.idle.set(key, list) }
+    if (list.length >= this.maxIdlePerTarget) { conn.destroy(); return }
+    conn.idleSince = now
+    list.push(conn)
+  }
+
+  private sweep(): void {
+    const cutoff = Date.now() - this.idleTimeoutMs
+    for (const [key, list] of this.idle) {
+      // Oldest first: the list is a stack, so expired ones sit at the bottom.
+      let expired = 0
+      while (expired < list.length && (list[expired]!.idleSince < cutoff || list[expired]!.destroyed)) expired++
+      for (const conn of list.splice(0, expired)) conn.destroy()
+      if (list.length === 0) this.idle.delete(key)
+    }
+  }
+
+  idleCount(): number {
+    let n = 0
+    for (const list of this.idle.values()) for (const conn of list) if (!conn.destroyed) n++
+    return n
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    clearInterval(this.sweeper)
+    this.sweeper = undefined
+    for (const list of this.idle.values()) for (const conn of list) conn.destroy()
+    this.idle.clear()
+  }
+}
