@@ -164,6 +164,9 @@ function zstdMissing(what: string): ImagePullError {
   return new ImagePullError('unsupported', `${what} is zstd-compressed and this host has no zstd decompressor (install the Debian package "zstd")`)
 }
 
+/** The informative part of a tool's stderr: tar's notices ("Removing leading '/'") and its closing
+ * "Exiting with failure status" line are skipped. */
 function firstLine(text: string): string {
-  return text.trim().split('\n').find((l) => l.trim() !== '') ?? 'no message'
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !/Removing leading|Exiting with failure status/.test(l))
+  return lines.slice(0, 2).join('; ') || 'no message'
 }
