@@ -156,8 +156,13 @@ export function parseFlyToml(source: string, options: { fileName?: string } = {}
   }
   const reader = new ConfigReader(source)
   const config = readAppConfig(document, reader)
-  if (reader.problems.length > 0) throw new FlyTomlError(fileName, reader.problems)
-  return { config, warnings: reader.warnings }
+  if (reader.problems.length > 0) throw new FlyTomlError(fileName, byLine(reader.problems))
+  return { config, warnings: byLine(reader.warnings) }
+}
+
+/** In file order (stable for problems on one line); problems without a line go last. */
+function byLine<T extends { line?: number }>(items: readonly T[]): T[] {
+  return items.map((item, i) => ({ item, i })).sort((a, b) => (a.item.line ?? Infinity) - (b.item.line ?? Infinity) || a.i - b.i).map(({ item }) => item)
 }
 
 function readAppConfig(doc: Table, r: ConfigReader): AppConfig {

@@ -190,7 +190,7 @@ export class ConfigReader {
       if (!Number.isInteger(value) || value < 0) return this.wrongType([...path, key], `a duration like "10s" or a whole number of ${integerUnit}`, value)
       return integerUnit === 'seconds' ? value * 1000 : value
     }
-    if (typeof value !== 'string') return this.wrongType([...path, key], 'a duration like "10s"', value)
+    if (typeof value !== 'string') return this.wrongType([...path, key], `a duration like "10s" or a whole number of ${integerUnit}`, value)
     try {
       return parseDurationMs(value, formatPath([...path, key]))
     } catch {
