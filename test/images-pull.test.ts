@@ -279,3 +279,36 @@ test('a pull that waits can be abandoned by its caller without spoiling the shar
   await assert.rejects(impatient, /caller gave up/)
   assert.equal((await patient).digest, big.digest)
 })
+
+test('an image pushed inside a one-entry index pulls to the index digest', async (t) => {
+  const pushed = await pushImage(open, 'wrapped:v1', { layers: [[{ path: 'w.txt', content: 'wrapped' }]], index: true, mediaTypes: 'docker' })
+  const store = await newStore(t)
+  const image = await store.pull(pushed.ref)
+  assert.equal(image.digest, pushed.index!.digest)
+  assert.equal(image.manifestDigest, pushed.digest)
+  assert.equal(readFileSync(join(image.layerDirs[0]!, 'w.txt'), 'utf8'), 'wrapped')
+})
+
+test("aborting the store's signal mid-download stops the pull and leaves no temp files or layers", async (t) => {
+  const relay = await startCountingRelay(open.url, { holdPaths: /\/blobs\/sha256:/ })
+  t.after(() => relay.stop())
+  const controller = new AbortController()
+  const store = await newStore(t, { signal: controller.signal })
+  const pulling = store.pull(`${relay.host}/busybox:v1`)
+  await waitFor(() => relay.arrived.some((r) => r.startsWith('GET /v2/busybox/blobs/')))
+  controller.abort(new Error('host shutting down'))
+  await assert.rejects(pulling)
+  await store.close()
+  relay.release()
+  assert.deepEqual(readdirSync(join(store.dataDir, 'tmp')), [])
+  assert.deepEqual(listStoredLayers(store.dataDir), [])
+  await assert.rejects(store.pull(`${relay.host}/busybox:v1`), /closed/)
+})
+
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}

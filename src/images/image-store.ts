@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { UnavailableError, silentLogger, type ImageRef, type Logger } from '../core/index.js'
-import { ImagePullError } from './errors.js'
+import { ImagePullError, isImagePullError } from './errors.js'
 import { DigestAccumulator, assertDigest, digestOf, isDigest, parseDigest } from './digest.js'
 import { formatImageReference, parseImageReference, type ImageReference } from './reference.js'
 import {
@@ -190,7 +190,11 @@ export class ImageStore {
       const cached = this.loadContent(topDigest, display)
       if (cached) return cached
     } else {
-      const head = await this.client.headManifest(target, reference.tag ?? 'latest', signal)
+      // A registry that answers HEAD oddly (405, or no Docker-Content-Digest) gets a plain GET below.
+      const head = await this.client.headManifest(target, reference.tag ?? 'latest', signal).catch((err: unknown) => {
+        if (isImagePullError(err, 'registry_error')) return { digest: undefined }
+        throw err
+      })
       if (head.digest !== undefined && isDigest(head.digest)) {
         topDigest = head.digest
         const cached = this.loadContent(topDigest, display)

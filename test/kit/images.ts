@@ -46,6 +46,8 @@ export interface ImageSpec {
   mediaTypes?: 'oci' | 'docker'
   compression?: Compression
   platform?: { os: string; architecture: string; variant?: string }
+  /** Also wrap the image in a one-entry manifest list / OCI index, which then carries the tag. */
+  index?: boolean
 }
 
 export interface BuiltLayer {
@@ -71,6 +73,8 @@ export interface PushedImage {
   config: Record<string, unknown>
   layers: Array<Omit<BuiltLayer, 'blob'>>
   platform: { os: string; architecture: string; variant?: string }
+  /** With `index: true`: the index the tag names (a pull resolves to this digest). */
+  index?: { digest: string; mediaType: string; pinnedRef: string }
 }
 
 export interface PushedIndex {
@@ -257,9 +261,18 @@ export async function pushImage(registry: TestRegistry, name: string, spec: Imag
   }
   const manifestBytes = Buffer.from(JSON.stringify(manifest))
   const digest = sha256(manifestBytes)
-  const reported = await pushManifest(registry, repository, options.tag === false ? digest : tag, manifestBytes, manifestMediaType)
+  const tagManifest = options.tag !== false && !spec.index
+  const reported = await pushManifest(registry, repository, tagManifest ? tag : digest, manifestBytes, manifestMediaType)
   if (reported !== digest) throw new Error(`registry reported manifest digest ${reported}, expected ${digest}`)
+  let index: PushedImage['index']
+  if (spec.index) {
+    const mediaType = MEDIA[mediaTypes].index
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType, manifests: [{ mediaType: manifestMediaType, digest, size: manifestBytes.length, platform }] }))
+    const indexDigest = await pushManifest(registry, repository, options.tag === false ? sha256(bytes) : tag, bytes, mediaType)
+    index = { digest: indexDigest, mediaType, pinnedRef: `${registry.host}/${repository}@${indexDigest}` }
+  }
   return {
+    ...(index ? { index } : {}),
     ref: `${registry.host}/${repository}:${tag}`,
     pinnedRef: `${registry.host}/${repository}@${digest}`,
     repository,

@@ -9,7 +9,7 @@
 // which requests reached the registry.
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { createPrivateKey, randomBytes, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto'
-import { createServer, request as httpRequest, Agent as HttpAgent, type Server, type IncomingMessage } from 'node:http'
+import { createServer, request as httpRequest, Agent as HttpAgent, type Server, type IncomingMessage, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -279,6 +279,8 @@ export interface RelayedRequest {
 
 export interface CountingRelay {
   url: string
+  /** Requests as they arrive (before any answer), as 'METHOD /path'. */
+  arrived: string[]
   /** '127.0.0.1:<port>' — use as the registry part of references to go through the relay. */
   host: string
   requests: RelayedRequest[]
@@ -287,12 +289,28 @@ export interface CountingRelay {
   stop(): Promise<void>
 }
 
+export interface CountingRelayOptions {
+  /** Hold back the answer to requests whose path matches until `release()` is called. */
+  holdPaths?: RegExp
+}
+
 /** A transparent HTTP relay in front of `targetUrl` that records every request (method, path, status). */
-export async function startCountingRelay(targetUrl: string): Promise<CountingRelay> {
+export async function startCountingRelay(targetUrl: string, options: CountingRelayOptions = {}): Promise<CountingRelay & { release(): void }> {
   const target = new URL(targetUrl)
   const agent = new HttpAgent({ keepAlive: true })
   const requests: RelayedRequest[] = []
+  const arrived: string[] = []
+  let held: Array<() => void> = []
+  let releasedAll = false
   const server = createServer((req, res) => {
+    arrived.push(`${req.method} ${req.url}`)
+    if (options.holdPaths?.test(req.url ?? '') && !releasedAll) {
+      held.push(() => forward(req, res))
+      return
+    }
+    forward(req, res)
+  })
+  const forward = (req: IncomingMessage, res: ServerResponse) => {
     const upstream = httpRequest({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers, agent }, (up: IncomingMessage) => {
       requests.push({ method: req.method ?? '', path: req.url ?? '', status: up.statusCode ?? 0 })
       res.writeHead(up.statusCode ?? 502, up.headers)
@@ -300,7 +318,7 @@ export async function startCountingRelay(targetUrl: string): Promise<CountingRel
     })
     upstream.on('error', () => { if (!res.headersSent) res.writeHead(502); res.end() })
     req.pipe(upstream)
-  })
+  }
   await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', resolve) })
   const host = `127.0.0.1:${(server.address() as AddressInfo).port}`
   let stopped: Promise<void> | undefined
@@ -308,6 +326,13 @@ export async function startCountingRelay(targetUrl: string): Promise<CountingRel
     url: `http://${host}`,
     host,
     requests,
+    arrived,
+    release() {
+      releasedAll = true
+      const waiting = held
+      held = []
+      for (const go of waiting) go()
+    },
     count(method: string, path: RegExp | string) {
       return requests.filter((r) => r.method === method && (typeof path === 'string' ? r.path === path : path.test(r.path))).length
     },
