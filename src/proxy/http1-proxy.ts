@@ -6,7 +6,7 @@ import {
   formatReplayFailed, formatReplaySrc, MAX_REPLAY_BODY_BYTES, MAX_REPLAYS, parseReplayHeader, parseReplayJson,
   regionMatchers, REPLAY_CONTENT_TYPE, transformHeaderLines, type ReplayInstruction,
 } from './fly-replay.js'
-import { BodyFramer, CRLFCRLF, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
+import { BodyFramer, CRLFCRLF, dechunk, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
 import type { MachineEntry, PortBinding, ServiceGroup } from './routing-table.js'
 import { DEFAULT_HEADERS_READ_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS } from './services.js'
 import type { UpstreamPool, Poolable } from './transport.js'
@@ -616,8 +616,8 @@ export class Http1Connection {
     let instruction: ReplayInstruction | undefined
     if (res.flyReplay !== '') {
       try { instruction = parseReplayHeader(res.flyReplay) } catch (err) {
-        this.discarding = false
         this.upstreamFailed(err instanceof Error ? err.message : 'bad fly-replay header')
+        this.discarding = false
         return
       }
     }
@@ -631,9 +631,10 @@ export class Http1Connection {
     const from = this.entry!
     let instruction = this.replay
     if (instruction === undefined) {
-      try { instruction = parseReplayJson(Buffer.concat(this.replayJsonBody).toString('utf8')) } catch (err) {
-        this.discarding = false
+      const raw = Buffer.concat(this.replayJsonBody)
+      try { instruction = parseReplayJson((this.responseHead?.chunked ? dechunk(raw) : raw).toString('utf8')) } catch (err) {
         this.upstreamFailed(err instanceof Error ? err.message : 'bad fly-replay JSON')
+        this.discarding = false
         return
       }
     }

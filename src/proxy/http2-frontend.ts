@@ -45,6 +45,8 @@ export class Http2Frontend implements Http2Handoff {
 
   accept(socket: net.Socket, listen: ListenInfo, buffered?: Buffer): void {
     ;(socket as unknown as { [LISTEN]: ListenInfo })[LISTEN] = listen
+    // node:http2 reads what is already buffered on the socket before taking over its handle.
+    socket.pause()
     if (buffered !== undefined && buffered.length > 0) socket.unshift(buffered)
     this.server.emit('connection', socket)
   }

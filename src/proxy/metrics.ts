@@ -13,19 +13,20 @@ export interface AppCounters {
   replays: number
 }
 
-export interface MachineGauge {
+export interface MachineLoad {
   app: string
   machineId: string
   region: string
-  load: () => number
-  queued: () => number
+  service: string
+  load: number
 }
 
 export type RefusalReason = 'queue_timeout' | 'queue_full' | 'no_machines' | 'no_app' | 'header_too_large' | 'headers_timeout' | 'bad_request' | 'replay_too_large' | 'replay_failed' | 'tls_handshake' | 'closing'
 
 export class ProxyMetrics {
   private readonly apps = new Map<string, AppCounters>()
-  private readonly machineGauges = new Map<string, MachineGauge>()
+  /** Set by the proxy: the per-Machine loads, read when scraped. */
+  machineLoads: () => Iterable<MachineLoad> = () => []
   private readonly queueDepths = new Map<string, () => number>()
 
   app(app: string): AppCounters {
@@ -49,11 +50,6 @@ export class ProxyMetrics {
     let total = 0
     for (const n of refusals.values()) total += n
     return total
-  }
-
-  setMachineGauge(key: string, gauge: MachineGauge | undefined): void {
-    if (gauge) this.machineGauges.set(key, gauge)
-    else this.machineGauges.delete(key)
   }
 
   setQueueDepth(service: string, depth: (() => number) | undefined): void {
@@ -84,8 +80,8 @@ export class ProxyMetrics {
     family('hangar_proxy_queue_depth', 'gauge', 'Requests or connections waiting for a Machine under its hard limit.')
     for (const [service, depth] of this.queueDepths) lines.push(`hangar_proxy_queue_depth{service="${label(service)}"} ${depth()}`)
     family('hangar_proxy_machine_load', 'gauge', 'Connections or in-flight requests per Machine (the service concurrency type).')
-    for (const [key, gauge] of this.machineGauges) {
-      lines.push(`hangar_proxy_machine_load{app="${label(gauge.app)}",machine="${gauge.machineId}",region="${label(gauge.region)}",service="${label(key)}"} ${gauge.load()}`)
+    for (const m of this.machineLoads()) {
+      lines.push(`hangar_proxy_machine_load{app="${label(m.app)}",machine="${label(m.machineId)}",region="${label(m.region)}",service="${label(m.service)}"} ${m.load}`)
     }
     return lines.join('\n') + '\n'
   }

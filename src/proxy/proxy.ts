@@ -91,6 +91,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     logger,
     onChange: () => syncListeners(),
   })
+  metrics.machineLoads = function* () {
+    for (const entry of table.machineEntries()) {
+      yield { app: entry.route.app, machineId: entry.machineId, region: entry.route.region, service: entry.key, load: entry.load }
+    }
+  }
   const limits: QueueLimits = { ...DEFAULT_QUEUE_LIMITS, ...options.queue }
   const dispatcher = new Dispatcher({ table, controller: options.controller, metrics, limits, logger, ...(options.random ? { random: options.random } : {}) })
   const pool = new UpstreamPool<UpstreamConn>({ idleTimeoutMs: 4000 })

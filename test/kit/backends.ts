@@ -172,3 +172,47 @@ export class ProcessController implements MachineController {
     this.backends.clear()
   }
 }
+
+/** Everything a proxy end-to-end test needs, cleaned up by `close()` (call it from t.after). */
+export interface ProxyHarness {
+  source: TestRouteSource
+  controller: ProcessController
+  caDir: string
+  /** Starts a backend process for `route` now (a running Machine) and adds it to the source. */
+  machine(route: MachineRoute, mode?: BackendMode): Promise<Backend>
+  close(): Promise<void>
+}
+
+export async function proxyHarness(): Promise<ProxyHarness> {
+  const { mkdtemp, rm } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const caDir = await mkdtemp(join(tmpdir(), 'hangar-proxy-test-'))
+  const source = new TestRouteSource()
+  const controller = new ProcessController(source)
+  return {
+    source, controller, caDir,
+    async machine(route, mode = 'http') {
+      controller.define({ ...route, state: 'stopped' }, mode)
+      return await controller.launch(route.machineId)
+    },
+    async close() {
+      await controller.close()
+      await rm(caDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** An HTTP service on `port` with the given options, for machineRoute's `services`. */
+export function httpService(port: number, fields: Partial<MachineService> = {}, portFields: Record<string, unknown> = {}): MachineService {
+  return { internal_port: 8080, protocol: 'tcp', ports: [{ port, handlers: ['http'], ...portFields }], ...fields }
+}
+
+/** Polls `condition` every 10 ms until it holds (or fails after `timeoutMs`). */
+export async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
