@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander'
 import { commandGroups } from './commands/index.js'
+import { describeError } from './commands/common.js'
 
 const program = new Command()
 program
@@ -10,6 +11,6 @@ program
 for (const register of commandGroups) register(program)
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  process.stderr.write(`Error: ${err instanceof Error ? err.message : String(err)}\n`)
+  process.stderr.write(`Error: ${describeError(err)}\n`)
   process.exit(1)
 })

@@ -1,0 +1,35 @@
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createLogger } from '../core/index.js'
+import { startApi } from './server.js'
+
+// `hangar api`: the Machines API as its own process. On first start with `bootstrapOrg`, it makes
+// that org and a token for it, written (mode 600) to `tokenFile` for `hangar up` to hand out.
+
+export interface ApiProcessOptions {
+  dataDir: string
+  natsUrl: string
+  host?: string
+  port?: number
+  region?: string
+  bootstrapOrg?: string
+  tokenFile?: string
+}
+
+export async function runApiProcess(options: ApiProcessOptions): Promise<void> {
+  const logger = createLogger('api')
+  mkdirSync(options.dataDir, { recursive: true })
+  const api = await startApi({ natsUrl: options.natsUrl, dbPath: join(options.dataDir, 'api.db'), host: options.host, port: options.port, region: options.region, logger })
+  if (options.bootstrapOrg) {
+    api.store.createOrg(options.bootstrapOrg)
+    if (options.tokenFile && !existsSync(options.tokenFile)) {
+      const token = api.store.createStaticToken(options.bootstrapOrg, 'hangar up')
+      writeFileSync(options.tokenFile, token, { mode: 0o600 })
+    }
+  }
+  writeFileSync(join(options.dataDir, 'api.url'), api.url)
+  writeFileSync(join(options.dataDir, 'api.pid'), String(process.pid))
+  const shutdown = async () => { await api.close(); process.exit(0) }
+  process.once('SIGTERM', () => void shutdown())
+  process.once('SIGINT', () => void shutdown())
+}

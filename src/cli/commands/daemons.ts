@@ -1,0 +1,48 @@
+import type { Command } from 'commander'
+import { runAgentProcess } from '../../agent/index.js'
+import { runApiProcess } from '../../api/index.js'
+import { runHost } from '../../host/index.js'
+import { defaultDataDir } from '../config.js'
+
+// The long-running processes: `hangar host` (supervises one host's components), `hangar agent`
+// (started by host), `hangar api`. Operators run `host` on every server and `api` where they like.
+
+export function registerDaemons(program: Command): void {
+  program.command('host')
+    .description("run this server's Hangar host: the agent (and proxy, catalog) under a supervisor")
+    .option('--data-dir <dir>', 'where the host keeps everything', `${defaultDataDir()}/host`)
+    .option('--region <code>', 'region code of this host', 'local')
+    .requiredOption('--nats <url>', 'NATS server URL(s), comma-separated')
+    .option('--machine-subnet <cidr>', "private IPv4 subnet for this host's Machines (default: derived from the host id)")
+    .option('--host-address <addr>', 'the address other hosts reach this one at', '127.0.0.1')
+    .option('--autostop-interval <duration>', 'how often the proxy considers stopping idle Machines', '3m')
+    .action(async (opts) => {
+      await runHost({ dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress, autostopInterval: opts.autostopInterval })
+    })
+
+  program.command('agent', { hidden: true })
+    .description("run one host's agent (hangar host starts it)")
+    .requiredOption('--data-dir <dir>')
+    .requiredOption('--region <code>')
+    .requiredOption('--nats <url>')
+    .option('--host-id <id>')
+    .option('--machine-subnet <cidr>')
+    .option('--host-address <addr>')
+    .option('--insecure-registry <host...>', 'registries reached over plain HTTP')
+    .action(async (opts) => {
+      await runAgentProcess({ dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress, insecureRegistries: opts.insecureRegistry })
+    })
+
+  program.command('api')
+    .description('run the Machines API')
+    .option('--data-dir <dir>', "where the API keeps its store", `${defaultDataDir()}/api`)
+    .requiredOption('--nats <url>', 'NATS server URL(s)')
+    .option('--host <addr>', 'listen address', '127.0.0.1')
+    .option('--port <port>', 'listen port', '4280')
+    .option('--region <code>', 'region code shown in request ids', 'local')
+    .option('--bootstrap-org <slug>', 'create this org (and a token) on first start')
+    .option('--token-file <path>', 'where the bootstrap token is written')
+    .action(async (opts) => {
+      await runApiProcess({ dataDir: opts.dataDir, natsUrl: opts.nats, host: opts.host, port: Number(opts.port), region: opts.region, bootstrapOrg: opts.bootstrapOrg, tokenFile: opts.tokenFile })
+    })
+}

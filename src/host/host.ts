@@ -1,0 +1,51 @@
+import { writeFileSync, mkdirSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createLogger } from '../core/index.js'
+import { hostIdFor } from '../agent/index.js'
+import { Supervisor, type ComponentSpec } from './supervisor.js'
+
+// `hangar host`: everything one host runs, each component its own process under the supervisor
+// (DESIGN "Processes": the proxy must not share an event loop with the agent).
+
+export interface HostOptions {
+  dataDir: string
+  region: string
+  natsUrl: string
+  machineSubnet?: string
+  hostAddress?: string
+  /** Proxy settings, passed through to `hangar proxy`. */
+  proxy?: { args: string[] }
+  autostopInterval?: string
+  extraComponents?: ComponentSpec[]
+}
+
+const CLI_MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url))
+
+export function cliComponent(name: string, args: string[], env?: NodeJS.ProcessEnv): ComponentSpec {
+  return { name, command: process.execPath, args: ['--enable-source-maps', CLI_MAIN, ...args], env: { ...process.env, ...env } }
+}
+
+export async function runHost(options: HostOptions): Promise<void> {
+  const logger = createLogger('host')
+  mkdirSync(options.dataDir, { recursive: true })
+  const hostId = hostIdFor(options.dataDir)
+  writeFileSync(join(options.dataDir, 'host.pid'), String(process.pid))
+  const agentArgs = ['agent', '--data-dir', options.dataDir, '--region', options.region, '--nats', options.natsUrl, '--host-id', hostId]
+  if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
+  if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
+  const components: ComponentSpec[] = [cliComponent('agent', agentArgs)]
+  if (options.proxy) components.push(cliComponent('proxy', ['proxy', ...options.proxy.args]))
+  components.push(...(options.extraComponents ?? []))
+  const supervisor = new Supervisor({ dir: options.dataDir, logsDir: join(options.dataDir, 'logs'), components, logger })
+  await supervisor.start()
+  logger.info('host running', { hostId, region: options.region, components: components.map((c) => c.name) })
+  const shutdown = async (signal: string) => {
+    logger.info('host stopping', { signal })
+    await supervisor.stop()
+    rmSync(join(options.dataDir, 'host.pid'), { force: true })
+    process.exit(0)
+  }
+  process.once('SIGTERM', () => void shutdown('SIGTERM'))
+  process.once('SIGINT', () => void shutdown('SIGINT'))
+}
