@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import {
-  ImageStore, isRootfsMounted, listRootfsMounts, prepareRootfs, releaseRootfs, resetRootfs, rootfsPaths, unmountRootfs, type PulledImage,
+  ImageStore, isRootfsMounted, listRootfsMounts, prepareRootfs, releaseRootfs, resetRootfs, rootfsPaths, sweepRootfsMounts, unmountRootfs, type PulledImage,
 } from '../src/images/index.js'
 import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { HTTP_SERVER_BODY, WHITEOUT_IMAGE_EXPECT, pushBusyboxImage, pushHttpServerImage, pushWhiteoutImage } from './kit/images.js'
@@ -154,7 +154,11 @@ test('leaked mounts are found under a data dir and can be released (crash recove
   for (const d of dirs) await prepareRootfs(busybox, d)
   const found = await listRootfsMounts(root)
   assert.deepEqual(found.map((m) => m.machineDir).sort(), dirs)
-  for (const m of found) await releaseRootfs(m.machineDir)
+  assert.deepEqual(found.map((m) => m.manifestDigest), [busybox.manifestDigest, busybox.manifestDigest])
+  // The agent knows Machine 'a'; 'b' is a leftover of a Machine destroyed during a crash.
+  assert.deepEqual(await sweepRootfsMounts(root, (dir) => dir === dirs[0]), [dirs[1]])
+  assert.deepEqual((await listRootfsMounts(root)).map((m) => m.machineDir), [dirs[0]])
+  assert.deepEqual(await sweepRootfsMounts(root, () => false), [dirs[0]])
   assert.deepEqual(await listRootfsMounts(root), [])
   assert.deepEqual(await listRootfsMounts(join(root, 'does-not-exist')), [])
   rmSync(join(root, 'machines'), { recursive: true })

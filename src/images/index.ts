@@ -8,6 +8,7 @@
 //   await resetRootfs(machineDir)    // on stop: unmount, drop the Machine's writes
 //   await releaseRootfs(machineDir)  // on destroy: unmount, delete rootfs + overlay dirs
 //   await listRootfsMounts(machinesRoot)  // crash recovery: every Hangar rootfs mounted there
+//   await sweepRootfsMounts(machinesRoot, (dir) => known.has(dir))  // release the leaked ones
 //   await store.close()
 //
 // Errors: bad references throw InvalidArgumentError; unusable images throw ImagePullError
@@ -23,6 +24,6 @@ export type { ImageRuntimeConfig, Platform } from './manifest.js'
 export type { CredentialsProvider, RegistryCredentials } from './registry-client.js'
 export { digestOf, parseDigest } from './digest.js'
 export {
-  prepareRootfs, resetRootfs, unmountRootfs, releaseRootfs, isRootfsMounted, listRootfsMounts, rootfsPaths, ROOTFS_MOUNT_SOURCE,
+  prepareRootfs, resetRootfs, unmountRootfs, releaseRootfs, isRootfsMounted, listRootfsMounts, sweepRootfsMounts, rootfsPaths, ROOTFS_MOUNT_SOURCE,
 } from './rootfs.js'
 export type { RootfsImage, RootfsMount, RootfsPaths } from './rootfs.js'

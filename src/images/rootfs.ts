@@ -168,6 +168,18 @@ export async function listRootfsMounts(root: string): Promise<RootfsMount[]> {
   return out
 }
 
+/** Crash recovery in one call: releases every Hangar rootfs mounted under `root` whose Machine dir
+ * `keep` does not claim, and returns the Machine dirs it released. */
+export async function sweepRootfsMounts(root: string, keep: (machineDir: string) => boolean): Promise<string[]> {
+  const released: string[] = []
+  for (const mount of await listRootfsMounts(root)) {
+    if (keep(mount.machineDir)) continue
+    await releaseRootfs(mount.machineDir)
+    released.push(mount.machineDir)
+  }
+  return released
+}
+
 // ---- internals ----
 
 const locks = new Map<string, Promise<unknown>>()
