@@ -140,13 +140,9 @@ export function authorize(verified: readonly VerifiedToken[], access: Access, no
   if (denials.length > 0) {
     const message = denials.length === 1 ? denials[0]!.message : denials.map((d, i) => `token ${i + 1}: ${d.message}`).join('; ')
     const primary = denials.find((d) => d.reason !== 'wrong_org') ?? denials[0]!
-    return throwDenied(primary.reason, message, denials.map((d) => d.reason))
+    throw new AccessDeniedError(primary.reason, message, denials.map((d) => d.reason))
   }
   throw combineRejections(lapses)
-}
-
-function throwDenied(reason: AccessDenialReason, message: string, reasons: AccessDenialReason[]): never {
-  throw new AccessDeniedError(reason, message, reasons)
 }
 
 /** The API's entry point: one object per process holding the key store and revocation list. */

@@ -1,6 +1,6 @@
 import { parse, TomlError } from 'smol-toml'
 import { formatDurationMs, normaliseSignal, type Autostop, type MachineCheck, type MachineGuest, type MachinePort, type MachineServiceCheck, type MachineServiceConcurrency, type HTTPOptions, type TLSOptions, type RestartPolicy } from '../core/index.js'
-import { ConfigReader, FlyTomlError, formatPath, isTable, type ConfigWarning, type Table } from './config-reader.js'
+import { ConfigReader, FlyTomlError, isTable, type ConfigWarning, type Table } from './config-reader.js'
 import type { TomlPath } from './toml-locations.js'
 import { DEFAULT_VM_SIZE, guestForSize, guestProblem, MEMORY_MB_PER_CPU, VM_SIZES } from './vm-sizes.js'
 
@@ -760,4 +760,3 @@ export function dropUndefined<T extends object>(value: T): T {
   return value
 }
 
-export { formatPath }
