@@ -34,6 +34,7 @@ export class CertificateStore {
   private readonly dir: string
   private readonly logger: Logger
   private readonly contexts = new Map<string, Promise<tls.SecureContext>>()
+  private readonly pems = new Map<string, Promise<{ cert: string; key: string }>>()
 
   private constructor(dir: string, caCertPem: string, caCert: x509.X509Certificate, caKey: webcrypto.CryptoKey, logger: Logger) {
     this.dir = dir
@@ -87,11 +88,24 @@ export class CertificateStore {
     const cacheKey = `${name}|${options.minVersion ?? ''}|${options.maxVersion ?? ''}`
     let context = this.contexts.get(cacheKey)
     if (context === undefined) {
-      context = this.load(name).then(({ cert, key }) => tls.createSecureContext({ cert, key, minVersion: options.minVersion ?? 'TLSv1.2', maxVersion: options.maxVersion ?? 'TLSv1.3' }))
+      context = this.pemFor(name).then(({ cert, key }) => tls.createSecureContext({ cert, key, minVersion: options.minVersion ?? 'TLSv1.2', maxVersion: options.maxVersion ?? 'TLSv1.3' }))
       context.catch(() => this.contexts.delete(cacheKey))
       this.contexts.set(cacheKey, context)
     }
     return context
+  }
+
+  /** The certificate chain and key (PEM) for `hostname`, loaded or issued once. */
+  pemFor(hostname: string): Promise<{ cert: string; key: string }> {
+    const name = hostname.toLowerCase()
+    if (!HOSTNAME.test(name)) return Promise.reject(new InvalidArgumentError(`${JSON.stringify(hostname)} is not a hostname a certificate can be issued for`))
+    let pem = this.pems.get(name)
+    if (pem === undefined) {
+      pem = this.load(name)
+      pem.catch(() => this.pems.delete(name))
+      this.pems.set(name, pem)
+    }
+    return pem
   }
 
   private async load(hostname: string): Promise<{ cert: string; key: string }> {

@@ -77,9 +77,11 @@ export class ConnectionHandlers {
     const signature = `${alpn.join(',')}|${minVersion}|${maxVersion}|${defaultHost}`
     const existing = this.tlsServers.get(port)
     if (existing !== undefined && existing.signature === signature) return existing.server
-    const defaultContext = await this.certificates.contextFor(defaultHost, { minVersion, maxVersion })
+    // Clients that send no SNI (psql to an IP address, curl to 127.0.0.1) get the first app's.
+    const defaultPem = await this.certificates.pemFor(defaultHost)
     const server = tls.createServer({
-      secureContext: defaultContext,
+      cert: defaultPem.cert,
+      key: defaultPem.key,
       minVersion,
       maxVersion,
       ...(alpn.length > 0 ? { ALPNProtocols: alpn } : {}),

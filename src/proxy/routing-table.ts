@@ -192,7 +192,7 @@ export class RoutingTable {
         this.options.logger.warn('ignoring the services of a Machine with an invalid config', { app, machineId: machine.machineId, error: err })
         continue
       }
-      for (const spec of specs) {
+      for (const spec of mergeByInternalPort(specs)) {
         if (spec.protocol !== 'tcp') continue // UDP is not proxied (reference §2: fly-global-services)
         const key = serviceKey(app, spec)
         let group = groups.get(key)
@@ -262,4 +262,17 @@ export class RoutingTable {
     group.refreshRoutable()
     for (const listener of this.groupListeners) listener(group)
   }
+}
+
+/** Services of one Machine that share an internal port are one service with all their ports
+ * (load and limits are per Machine port, so they cannot be told apart anyway). */
+function mergeByInternalPort(specs: ServiceSpec[]): ServiceSpec[] {
+  const byKey = new Map<string, ServiceSpec>()
+  for (const spec of specs) {
+    const key = `${spec.protocol}/${spec.internalPort}`
+    const existing = byKey.get(key)
+    if (existing === undefined) byKey.set(key, { ...spec, ports: [...spec.ports] })
+    else existing.ports.push(...spec.ports)
+  }
+  return [...byKey.values()]
 }
