@@ -1,0 +1,123 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { startApi, type RunningApi } from '../../src/api/index.js'
+import { startNatsServer, type NatsServer } from '../../src/bus/index.js'
+import { cleanupHost } from '../../src/host/index.js'
+import { silentLogger, createLogger } from '../../src/core/index.js'
+import { ApiClient } from '../../src/cli/api-client.js'
+import { randomSubnet } from './agent-host.js'
+
+// A whole one-host platform for end-to-end tests: a real nats-server, the API (in this process),
+// and `hangar host` as its own process (supervisor + agent), in temp dirs. Everything it starts is
+// stopped and removed by close(), also after a failed test.
+
+export const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url))
+
+export interface Platform {
+  natsUrl: string
+  api: RunningApi
+  apiUrl: string
+  token: string
+  org: string
+  region: string
+  hostDir: string
+  /** Lines `kind:step:begin|done` make the agent kill itself with SIGKILL there (crash tests). */
+  crashPointsFile: string
+  client: ApiClient
+  agentPid(): number | undefined
+  /** Waits until the supervisor has restarted the agent and it answers again. */
+  waitForAgent(previousPid?: number): Promise<number>
+  /** Raw fetch against the API with the platform's token (or another). */
+  fetch(path: string, init?: RequestInit & { token?: string | null }): Promise<Response>
+  close(): Promise<void>
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => { const { port } = server.address() as { port: number }; server.close(() => resolve(port)) })
+  })
+}
+
+export async function startPlatform(options: { region?: string } = {}): Promise<Platform> {
+  const region = options.region ?? 'tst'
+  const root = mkdtempSync(join(tmpdir(), 'hangar-platform-'))
+  const hostDir = join(root, 'host')
+  const crashPointsFile = join(root, 'crash-points')
+  writeFileSync(crashPointsFile, '')
+  const logger = process.env.HANGAR_TEST_LOGS ? createLogger('api') : silentLogger
+  let nats: NatsServer | undefined
+  let api: RunningApi | undefined
+  let host: ChildProcess | undefined
+  const close = async () => {
+    if (host && host.exitCode === null && host.signalCode === null) {
+      const exited = new Promise<void>((resolve) => host!.once('exit', () => resolve()))
+      host.kill('SIGTERM')
+      const timer = setTimeout(() => host!.kill('SIGKILL'), 15_000)
+      await exited
+      clearTimeout(timer)
+    }
+    const agentPidFile = join(hostDir, 'agent.pid')
+    if (existsSync(agentPidFile)) { try { process.kill(Number(readFileSync(agentPidFile, 'utf8')), 'SIGKILL') } catch { /* gone */ } }
+    await cleanupHost(hostDir).catch(() => undefined)
+    await api?.close()
+    await nats?.stop()
+    rmSync(root, { recursive: true, force: true })
+  }
+  try {
+    nats = await startNatsServer({ dataDir: join(root, 'nats'), port: await freePort() })
+    api = await startApi({ natsUrl: nats.url, dbPath: join(root, 'api', 'api.db'), region, logger })
+    api.store.createOrg('personal')
+    const token = api.store.createStaticToken('personal', 'test')
+    const log = openSync(join(root, 'host.log'), 'a')
+    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet()], {
+      stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
+    })
+    closeSync(log)
+    const platform: Platform = {
+      natsUrl: nats.url, api, apiUrl: api.url, token, org: 'personal', region, hostDir, crashPointsFile,
+      client: new ApiClient(api.url, token),
+      agentPid() {
+        try { return Number(readFileSync(join(hostDir, 'agent.pid'), 'utf8')) } catch { return undefined }
+      },
+      async waitForAgent(previousPid) {
+        const deadline = Date.now() + 30_000
+        for (;;) {
+          const pid = platform.agentPid()
+          if (pid && pid !== previousPid) {
+            const hostId = readFileSync(join(hostDir, 'host-id'), 'utf8').trim()
+            try {
+              await api!.bus.call(`hangar.agent.${hostId}.rpc`, 'info', {}, 1000)
+              return pid
+            } catch { /* not yet */ }
+          }
+          if (Date.now() > deadline) throw new Error(`the agent did not come back (see ${join(root, 'host.log')} and ${join(hostDir, 'logs', 'agent.log')})`)
+          await new Promise((r) => setTimeout(r, 50))
+        }
+      },
+      fetch(path, init = {}) {
+        const { token: override, ...rest } = init
+        const headers = new Headers(rest.headers)
+        const bearer = override === undefined ? token : override
+        if (bearer !== null) headers.set('authorization', `Bearer ${bearer}`)
+        return fetch(`${api!.url}${path}`, { ...rest, headers })
+      },
+      close,
+    }
+    // Ready when the host is registered in its region.
+    const deadline = Date.now() + 30_000
+    while (!api.hosts.regions().includes(region)) {
+      if (Date.now() > deadline) throw new Error(`the host did not register (see ${join(root, 'host.log')})`)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    return platform
+  } catch (err) {
+    await close()
+    throw err
+  }
+}
