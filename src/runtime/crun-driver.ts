@@ -104,9 +104,12 @@ export class CrunDriver implements RuntimeDriver {
       '-b', spec.bundleDir, '-p', join(spec.bundleDir, 'pid'), '-P', join(spec.bundleDir, 'conmon.pid'),
       '-l', `k8s-file:${spec.logPath}`, '--log-size-max', String(spec.logMaxBytes),
       '--exit-dir', this.exitDir, '--socket-dir-path', this.socketDir,
+      // conmon drops an `oom` marker in its persist dir when the guest is OOM-killed; keep it with the bundle.
+      '--persist-dir', spec.bundleDir,
     ]
     return new Promise((resolve, reject) => {
       const child = spawn(this.conmon, args, {
+        cwd: spec.bundleDir,
         stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
         env: { ...process.env, _OCI_SYNCPIPE: '3' },
         detached: true,
