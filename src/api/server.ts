@@ -77,6 +77,20 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
 
 interface Deps { store: ApiStore; bus: Bus; hosts: HostDirectory; auth: ApiAuth; logger: Logger }
 
+/** What route modules other than the Machines routes get to work with (orgs, tokens, secrets…). */
+export interface ApiContext extends Deps {
+  caller(ctx: RequestContext): Promise<Caller>
+  appFor(who: Caller, name: string): AppRow
+  agentCall<T>(hostId: string, method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<T>
+  hostOf(app: AppRow, machineId: string): string
+}
+
+/** A group of routes registered next to the Machines API's own. */
+export type RouteModule = (router: Router, api: ApiContext) => void
+
+/** Route modules of other parts; each adds its paths (one line per module). */
+export const ROUTE_MODULES: RouteModule[] = []
+
 function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
   const router = new Router()
 
@@ -351,6 +365,9 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
       },
     }
   })
+
+  const api: ApiContext = { store, bus, hosts, auth, logger, caller, appFor, agentCall, hostOf }
+  for (const register of ROUTE_MODULES) register(router, api)
 
   // ── platform ──
   router.add('GET', '/v1/platform/regions', async (ctx) => {
