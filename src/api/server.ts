@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Bus, SUBJECTS } from '../bus/index.js'
 import {
-  APP_NAME_PATTERN, HEADERS, InsufficientCapacityError, InvalidArgumentError, NameTakenError, NotFoundError, UnavailableError,
+  APP_NAME_PATTERN, HEADERS, isMachineId, InsufficientCapacityError, InvalidArgumentError, NameTakenError, NotFoundError, UnavailableError,
   WAITABLE_STATES, createLogger, isNotFound, newRequestId, normaliseSignal, type App, type CreateMachineRequest, type ExecRequest,
   type Logger, type LogLine, type Machine, type MachineState, type UpdateMachineRequest, type WaitableState, ALL_STATES,
 } from '../core/index.js'
@@ -82,7 +82,7 @@ export interface ApiContext extends Deps {
   caller(ctx: RequestContext): Promise<Caller>
   appFor(who: Caller, name: string): AppRow
   agentCall<T>(hostId: string, method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<T>
-  hostOf(app: AppRow, machineId: string): string
+  hostOf(app: AppRow, machineId: string): Promise<string>
 }
 
 /** A group of routes registered next to the Machines API's own. */
@@ -120,11 +120,26 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     }
   }
 
-  /** The host holding `machineId` of `app`, or 404. */
-  const hostOf = (app: AppRow, machineId: string): string => {
+  /** The host holding `machineId` of `app`, or 404. The index is a cache of the agents' change
+   * events; a Machine it has not seen yet (an event lost while the API was down) is looked for on
+   * every live host. */
+  const hostOf = async (app: AppRow, machineId: string): Promise<string> => {
     const entry = store.machineHost(machineId)
-    if (!entry || entry.app !== app.name) throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
-    return entry.hostId
+    if (entry) {
+      if (entry.app !== app.name) throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
+      return entry.hostId
+    }
+    if (!isMachineId(machineId)) throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
+    for (const host of hosts.alive()) {
+      try {
+        const machine = await agentCall<Machine>(host.id, 'get', { app: app.name, id: machineId }, 5_000)
+        store.indexMachine(machine.id, app.name, host.id, machine.state)
+        return host.id
+      } catch (err) {
+        if (!isNotFound(err)) logger.warn('a host did not answer a machine lookup', { host: host.id, err })
+      }
+    }
+    throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
   }
 
   /** Every Machine request: authenticate, find the app and host, call the agent. */
@@ -134,7 +149,7 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
       const app = appFor(who, ctx.params.app!)
       const machineId = ctx.params.id!
       await who.authorize({ action, org: app.org, app: app.name, machine: machineId })
-      const hostId = hostOf(app, machineId)
+      const hostId = await hostOf(app, machineId)
       const params = { app: app.name, id: machineId, nonce: ctx.header(HEADERS.leaseNonce), ...(await build(ctx)) }
       const result = await agentCall<unknown>(hostId, method, params)
       return shape ? shape(result) : result
@@ -180,7 +195,7 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     await who.authorize({ action: 'delete', org: app.org, app: app.name })
     // Destroy its Machines first, each on its host, then forget the app.
     const failures: string[] = []
-    for (const hostId of store.hostsOfApp(app.name)) {
+    for (const { id: hostId } of hosts.alive()) {
       let machines: Machine[] = []
       try { machines = await agentCall<Machine[]>(hostId, 'list', { app: app.name, filters: {} }) } catch (err) { failures.push(`${hostId}: ${(err as Error).message}`); continue }
       for (const machine of machines) {
@@ -202,10 +217,13 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     const metadata: Record<string, string> = {}
     for (const [key, value] of ctx.query) if (key.startsWith('metadata.')) metadata[key.slice('metadata.'.length)] = value
     const filters = { states: states as MachineState[], region: ctx.query.get('region') ?? undefined, metadata, includeDeleted: boolParam(ctx.query, 'include_deleted') }
-    const hostIds = new Set(store.hostsOfApp(app.name))
-    const results = await Promise.all([...hostIds].map(async (hostId) => {
-      if (!hosts.isAlive(hostId)) return []
-      try { return await agentCall<Machine[]>(hostId, 'list', { app: app.name, filters }) } catch (err) { logger.warn('a host did not answer a machine list', { host: hostId, err }); return [] }
+    // Every live host is asked: the agents, not the API's index, know what they hold.
+    const results = await Promise.all(hosts.alive().map(async ({ id: hostId }) => {
+      try {
+        const machines = await agentCall<Machine[]>(hostId, 'list', { app: app.name, filters }, 10_000)
+        for (const machine of machines) if (!store.machineHost(machine.id)) store.indexMachine(machine.id, app.name, hostId, machine.state)
+        return machines
+      } catch (err) { logger.warn('a host did not answer a machine list', { host: hostId, err }); return [] }
     }))
     return results.flat().sort((a, b) => a.created_at.localeCompare(b.created_at))
   })

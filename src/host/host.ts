@@ -17,6 +17,8 @@ export interface HostOptions {
   /** Proxy settings, passed through to `hangar proxy`. */
   proxy?: { args: string[] }
   autostopInterval?: string
+  /** Upper bound of the restart backoff for components that keep dying. */
+  maxRestartBackoffMs?: number
   extraComponents?: ComponentSpec[]
 }
 
@@ -37,7 +39,7 @@ export async function runHost(options: HostOptions): Promise<void> {
   const components: ComponentSpec[] = [cliComponent('agent', agentArgs)]
   if (options.proxy) components.push(cliComponent('proxy', ['proxy', ...options.proxy.args]))
   components.push(...(options.extraComponents ?? []))
-  const supervisor = new Supervisor({ dir: options.dataDir, logsDir: join(options.dataDir, 'logs'), components, logger })
+  const supervisor = new Supervisor({ dir: options.dataDir, logsDir: join(options.dataDir, 'logs'), components, logger, maxBackoffMs: options.maxRestartBackoffMs })
   await supervisor.start()
   logger.info('host running', { hostId, region: options.region, components: components.map((c) => c.name) })
   const shutdown = async (signal: string) => {

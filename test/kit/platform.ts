@@ -75,7 +75,7 @@ export async function startPlatform(options: { region?: string } = {}): Promise<
     api.store.createOrg('personal')
     const token = api.store.createStaticToken('personal', 'test')
     const log = openSync(join(root, 'host.log'), 'a')
-    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet()], {
+    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms'], {
       stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(log)

@@ -3,6 +3,7 @@ import { runAgentProcess } from '../../agent/index.js'
 import { runApiProcess } from '../../api/index.js'
 import { runHost } from '../../host/index.js'
 import { defaultDataDir } from '../config.js'
+import { parseDurationMs } from '../../core/index.js'
 
 // The long-running processes: `hangar host` (supervises one host's components), `hangar agent`
 // (started by host), `hangar api`. Operators run `host` on every server and `api` where they like.
@@ -16,8 +17,12 @@ export function registerDaemons(program: Command): void {
     .option('--machine-subnet <cidr>', "private IPv4 subnet for this host's Machines (default: derived from the host id)")
     .option('--host-address <addr>', 'the address other hosts reach this one at', '127.0.0.1')
     .option('--autostop-interval <duration>', 'how often the proxy considers stopping idle Machines', '3m')
+    .option('--max-restart-backoff <duration>', 'longest wait before restarting a component that keeps dying', '10s')
     .action(async (opts) => {
-      await runHost({ dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress, autostopInterval: opts.autostopInterval })
+      await runHost({
+        dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
+        autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
+      })
     })
 
   program.command('agent', { hidden: true })
