@@ -133,7 +133,9 @@ async function launchRegistry(dir: string, storageDir: string, authConfig: strin
     ].join('\n')
     const configPath = join(dir, 'config.yml')
     await writeFile(configPath, config)
-    const child = spawn('docker-registry', ['serve', configPath], { stdio: ['ignore', 'ignore', 'pipe'] })
+    // setpriv --pdeathsig: the registry dies with the test process even when that is killed
+    // (a test timeout, kill -9) and never runs on as an orphan.
+    const child = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'docker-registry', 'serve', configPath], { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
     child.stderr!.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 8192) stderr += d })
     try {
