@@ -33,7 +33,8 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
       assert.equal(res.status, 401)
       assert.match(res.headers.get('fly-request-id') ?? '', /^[0-9A-Z]{26}-tst$/)
       const body = await json(res)
-      assert.equal(body.status, 'unauthorized')
+      assert.equal(body.status, 'unknown')
+      assert.equal(body.code, 'unauthorized')
       assert.match(body.error, /token/)
     }
     const flyv1 = await p.fetch('/v1/apps?org_slug=personal', { token: null, headers: { authorization: `FlyV1 ${p.token}` } })
@@ -46,7 +47,7 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
     assert.equal((await json(created)).name, 'web')
     const taken = await post('/v1/apps', { app_name: 'web', org_slug: 'personal' })
     assert.equal(taken.status, 422)
-    assert.deepEqual(await json(taken), { error: 'app name "web" is already taken', status: 'name_taken' })
+    assert.deepEqual(await json(taken), { error: 'app name "web" is already taken', status: 'name_taken', code: 'name_taken' })
     for (const name of ['Web', 'a_b', '-x', 'x'.repeat(64), '']) {
       const res = await post('/v1/apps', { app_name: name, org_slug: 'personal' })
       assert.equal(res.status, 400, name)
@@ -100,7 +101,7 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
       const res = await p.fetch('/v1/apps/web/machines', { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) })
       const envelope = await json(res)
       assert.equal(res.status, 400, `${JSON.stringify(body)} → ${JSON.stringify(envelope)}`)
-      assert.equal(envelope.status, 'invalid_argument')
+      assert.equal(envelope.code, 'invalid_argument')
       assert.match(envelope.error, message)
     }
     const huge = await p.fetch('/v1/apps/web/machines', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ config: { image: http, env: { BIG: 'x'.repeat(2 * 1024 * 1024) } } }) })

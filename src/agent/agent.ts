@@ -123,7 +123,6 @@ export class Agent {
       version: row.instanceId,
       private_ip: row.privateIp,
       config,
-      incomplete_config: null,
       image_ref: row.imageRef,
       created_at: row.createdAt,
       updated_at: row.updatedAt,

@@ -114,7 +114,7 @@ export function createRequestListener(router: Router, options: { bodyLimitBytes:
         if (!matched) throw new NotFoundError(`route ${req.method} ${url.pathname.slice(0, 200)}`)
         if ('allowed' in matched) {
           status = 405
-          sendJson(res, 405, { error: `method ${req.method} not allowed on ${url.pathname.slice(0, 200)} (allowed: ${matched.allowed.join(', ')})`, status: 'invalid_argument' }, { allow: matched.allowed.join(', ') })
+          sendJson(res, 405, { error: `method ${req.method} not allowed on ${url.pathname.slice(0, 200)} (allowed: ${matched.allowed.join(', ')})`, status: 'unknown', code: 'invalid_argument' }, { allow: matched.allowed.join(', ') })
           return
         }
         let bodyPromise: Promise<unknown> | undefined

@@ -4,7 +4,8 @@ import type { App, CreateMachineRequest, ExecResponse, Machine, MachineEvent, Up
 // (CONVENTIONS §3: the CLI and the server cannot drift).
 
 export class ApiError extends Error {
-  constructor(readonly status: number, readonly flyStatus: string | undefined, message: string) {
+  /** `code` is Hangar's stable error code (the envelope's `code`), e.g. not_found, illegal_state. */
+  constructor(readonly status: number, readonly code: string | undefined, message: string) {
     super(message)
     this.name = 'ApiError'
   }
@@ -28,8 +29,8 @@ export class ApiClient {
     let parsed: unknown
     try { parsed = text ? JSON.parse(text) : undefined } catch { parsed = text }
     if (!res.ok) {
-      const envelope = parsed as { error?: string; status?: string } | undefined
-      throw new ApiError(res.status, envelope?.status, envelope?.error ?? `HTTP ${res.status}`)
+      const envelope = parsed as { error?: string; code?: string } | undefined
+      throw new ApiError(res.status, envelope?.code, envelope?.error ?? `HTTP ${res.status}`)
     }
     return parsed as T
   }
@@ -61,8 +62,8 @@ export class ApiClient {
   async streamLogs(app: string, onLine: (line: LogLine) => void, signal?: AbortSignal): Promise<void> {
     const res = await fetch(`${this.baseUrl}/v1/apps/${encodeURIComponent(app)}/logs?follow=true`, { headers: { authorization: `Bearer ${this.token}` }, signal })
     if (!res.ok || !res.body) {
-      const envelope = await res.json().catch(() => ({})) as { error?: string; status?: string }
-      throw new ApiError(res.status, envelope.status, envelope.error ?? `HTTP ${res.status}`)
+      const envelope = await res.json().catch(() => ({})) as { error?: string; code?: string }
+      throw new ApiError(res.status, envelope.code, envelope.error ?? `HTTP ${res.status}`)
     }
     const decoder = new TextDecoder()
     let buffered = ''

@@ -11,7 +11,7 @@ test('every error code has an HTTP status, a Fly status word and a description',
 })
 
 test('toErrorEnvelope maps typed errors to Fly envelopes and hides unknown ones', () => {
-  assert.deepEqual(toErrorEnvelope(new NotFoundError('machine 148ed193b95089')), { httpStatus: 404, body: { error: 'machine 148ed193b95089 not found', status: 'not_found' } })
+  assert.deepEqual(toErrorEnvelope(new NotFoundError('machine 148ed193b95089')), { httpStatus: 404, body: { error: 'machine 148ed193b95089 not found', status: 'unknown', code: 'not_found' } })
   const hidden = toErrorEnvelope(new Error('ENOENT /var/lib/secret/path'))
   assert.equal(hidden.httpStatus, 500)
   assert.ok(!hidden.body.error.includes('/var/lib'))

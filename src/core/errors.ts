@@ -4,7 +4,9 @@
 // Errors also cross NATS (agent → API) as `{code, message, flyStatus}` and are rebuilt on the
 // other side with `errorFromWire`, so callers test `isNotFound(err)`, never message text.
 
-export type FlyStatusWord = 'unknown' | 'insufficient_capacity' | 'volume_placement_capacity' | 'name_taken' | 'invalid_argument' | 'not_found' | 'unauthorized' | 'forbidden' | 'conflict' | 'precondition_failed' | 'timeout' | 'too_large' | 'unavailable' | 'internal' | 'rate_limited'
+/** Fly's `status` words (spec `main.statusCode`): only these four exist; everything else is "unknown"
+ * and the precise kind travels in Hangar's `code`. */
+export type FlyStatusWord = 'unknown' | 'insufficient_capacity' | 'volume_placement_capacity' | 'name_taken'
 
 interface ErrorKind {
   readonly httpStatus: number
@@ -14,21 +16,21 @@ interface ErrorKind {
 
 /** Every error code Hangar emits, with its HTTP status. A test proves each is documented here. */
 export const ERROR_KINDS = {
-  invalid_argument: { httpStatus: 400, flyStatus: 'invalid_argument', description: 'The request is malformed: bad JSON, wrong type, unknown field, bad value.' },
-  unauthorized: { httpStatus: 401, flyStatus: 'unauthorized', description: 'No token, or a token that does not verify.' },
-  forbidden: { httpStatus: 403, flyStatus: 'forbidden', description: 'The token is valid but its caveats do not allow this request.' },
-  not_found: { httpStatus: 404, flyStatus: 'not_found', description: 'No such app, Machine, volume or route (also for resources of another org).' },
-  conflict: { httpStatus: 409, flyStatus: 'conflict', description: 'Another operation holds the Machine, a lease is held, or current_version does not match.' },
-  wait_timeout: { httpStatus: 408, flyStatus: 'timeout', description: 'A wait ended before the Machine reached the state asked for.' },
-  illegal_state: { httpStatus: 412, flyStatus: 'precondition_failed', description: 'The Machine is in a state that does not allow this operation.' },
-  precondition_failed: { httpStatus: 412, flyStatus: 'precondition_failed', description: 'A version or precondition the caller named does not hold.' },
-  payload_too_large: { httpStatus: 413, flyStatus: 'too_large', description: 'The request body is larger than the API accepts.' },
+  invalid_argument: { httpStatus: 400, flyStatus: 'unknown', description: 'The request is malformed: bad JSON, wrong type, unknown field, bad value.' },
+  unauthorized: { httpStatus: 401, flyStatus: 'unknown', description: 'No token, or a token that does not verify.' },
+  forbidden: { httpStatus: 403, flyStatus: 'unknown', description: 'The token is valid but its caveats do not allow this request.' },
+  not_found: { httpStatus: 404, flyStatus: 'unknown', description: 'No such app, Machine, volume or route (also for resources of another org).' },
+  conflict: { httpStatus: 409, flyStatus: 'unknown', description: 'Another operation holds the Machine, a lease is held, or current_version does not match.' },
+  wait_timeout: { httpStatus: 408, flyStatus: 'unknown', description: 'A wait ended before the Machine reached the state asked for.' },
+  illegal_state: { httpStatus: 412, flyStatus: 'unknown', description: 'The Machine is in a state that does not allow this operation.' },
+  precondition_failed: { httpStatus: 412, flyStatus: 'unknown', description: 'A version or precondition the caller named does not hold.' },
+  payload_too_large: { httpStatus: 413, flyStatus: 'unknown', description: 'The request body is larger than the API accepts.' },
   name_taken: { httpStatus: 422, flyStatus: 'name_taken', description: 'An app or Machine with this name already exists.' },
-  unprocessable: { httpStatus: 422, flyStatus: 'invalid_argument', description: 'The request is well formed but cannot be carried out as given (bad image, bad config).' },
+  unprocessable: { httpStatus: 422, flyStatus: 'unknown', description: 'The request is well formed but cannot be carried out as given (bad image, bad config).' },
   insufficient_capacity: { httpStatus: 412, flyStatus: 'insufficient_capacity', description: 'No host in the requested region can hold the Machine.' },
-  rate_limited: { httpStatus: 429, flyStatus: 'rate_limited', description: 'Too many requests.' },
-  unavailable: { httpStatus: 503, flyStatus: 'unavailable', description: 'A component the request needs (a host, NATS) is not reachable.' },
-  internal: { httpStatus: 500, flyStatus: 'internal', description: 'A bug or an unexpected failure; the message says what failed.' },
+  rate_limited: { httpStatus: 429, flyStatus: 'unknown', description: 'Too many requests.' },
+  unavailable: { httpStatus: 503, flyStatus: 'unknown', description: 'A component the request needs (a host, NATS) is not reachable.' },
+  internal: { httpStatus: 500, flyStatus: 'unknown', description: 'A bug or an unexpected failure; the message says what failed.' },
 } as const satisfies Record<string, ErrorKind>
 
 export type ErrorCode = keyof typeof ERROR_KINDS
@@ -99,17 +101,18 @@ export const isIllegalState = (err: unknown): err is IllegalStateError => err in
 export const isInvalidArgument = (err: unknown): boolean => isHangarError(err) && err.code === 'invalid_argument'
 export const isUnavailable = (err: unknown): boolean => isHangarError(err) && err.code === 'unavailable'
 
-/** Fly's error envelope (spec `ErrorResponse`). */
+/** Fly's error envelope (spec `ErrorResponse`), plus Hangar's stable `code` for scripts. */
 export interface ErrorEnvelope {
   error: string
-  status: string
+  status: FlyStatusWord
+  code: ErrorCode
 }
 
 /** The one place an error becomes an HTTP status and Fly's envelope. Unknown errors are 500s
  * whose message names no internals (stack traces and causes go to the log, not the client). */
 export function toErrorEnvelope(err: unknown): { httpStatus: number; body: ErrorEnvelope } {
-  if (isHangarError(err)) return { httpStatus: err.httpStatus, body: { error: err.message, status: err.flyStatus } }
-  return { httpStatus: 500, body: { error: 'internal error', status: 'internal' } }
+  if (isHangarError(err)) return { httpStatus: err.httpStatus, body: { error: err.message, status: err.flyStatus, code: err.code } }
+  return { httpStatus: 500, body: { error: 'internal error', status: 'unknown', code: 'internal' } }
 }
 
 /** How an error travels over NATS. */

@@ -229,7 +229,7 @@ export interface Machine {
   version?: string
   private_ip: string
   config: MachineConfig
-  incomplete_config: MachineConfig | null
+  incomplete_config?: MachineConfig
   image_ref: ImageRef
   created_at: string
   updated_at: string

@@ -19,6 +19,6 @@ export function appName(option: string | undefined, configFile = 'fly.toml'): st
 
 /** Turns API errors into one clear line for people; scripts see the same text on stderr. */
 export function describeError(err: unknown): string {
-  if (err instanceof ApiError) return `${err.message}${err.status ? ` (HTTP ${err.status}${err.flyStatus ? `, ${err.flyStatus}` : ''})` : ''}`
+  if (err instanceof ApiError) return `${err.message}${err.status ? ` (HTTP ${err.status}${err.code ? `, ${err.code}` : ''})` : ''}`
   return err instanceof Error ? err.message : String(err)
 }
