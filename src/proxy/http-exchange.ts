@@ -2,7 +2,7 @@ import http2 from 'node:http2'
 import type net from 'node:net'
 import { Pool } from 'undici'
 import type { ListenInfo, ProxyContext } from './context.js'
-import { dechunk, type RequestHead } from './http1-parser.js'
+import { dechunk, keptHeaderLines, type RequestHead } from './http1-parser.js'
 import type { Http1Connection } from './http1-proxy.js'
 import type { MachineEntry } from './routing-table.js'
 
@@ -122,7 +122,7 @@ export function forwardViaH2Backend(ctx: ProxyContext, conn: Http1Connection, en
   const send = () => {
     conn.h2BodySink = undefined
     if (head.chunked && body.length > 0) body.splice(0, body.length, dechunk(Buffer.concat(body)))
-    const headers = headerLinesToObject(head.lines, '')
+    const headers = headerLinesToObject(keptHeaderLines(head), '')
     Object.assign(headers, flyRequestHeaders(ctx, state.listen, state.clientIp, state.requestId, head.xForwardedFor, head.xForwardedPort))
     if (head.host) headers[':authority' as string] = head.host
     void exchangeClients(ctx).exchange(entry, true, { method: head.method, path: head.target, headers, body }).then(

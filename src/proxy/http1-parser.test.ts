@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { BodyFramer, dechunk, HttpParseError, parseRequestHead, parseResponseHead, responseHasNoBody } from './http1-parser.js'
+import { BodyFramer, composeHead, dechunk, keptHeaderLines, HttpParseError, parseRequestHead, parseResponseHead, responseHasNoBody } from './http1-parser.js'
 
 test('request head: framing, Host, Connection, Upgrade and the Fly client headers', () => {
   const head = parseRequestHead([
@@ -16,7 +16,13 @@ test('request head: framing, Host, Connection, Upgrade and the Fly client header
   assert.equal(head.preferRegion, 'sin,ams')
   assert.equal(head.forceInstance, 'abc')
   // Hop-by-hop and proxy-owned headers are not forwarded; others are, verbatim.
-  assert.equal(head.lines, 'Host: app.example\r\nContent-Length: 5\r\nX-Custom: a\r\n')
+  assert.equal(keptHeaderLines(head), 'Host: app.example\r\nContent-Length: 5\r\nX-Custom: a\r\n')
+  const bytes = Buffer.from(head.text + '\r\n\r\nBODY', 'latin1')
+  assert.equal(composeHead(bytes, head.keep, 'Added: 1\r\n\r\n', Buffer.from('!')).toString('latin1'),
+    'POST /x?y=1 HTTP/1.1\r\nHost: app.example\r\nContent-Length: 5\r\nX-Custom: a\r\nAdded: 1\r\n\r\n!')
+  // Nothing dropped: one range, the whole head.
+  const plain = parseRequestHead('GET / HTTP/1.1\r\nHost: a')
+  assert.deepEqual(plain.keep, [0, plain.text.length + 2])
 })
 
 test('request head: HTTP/1.0 closes by default, keep-alive keeps; Upgrade needs Connection: upgrade', () => {
@@ -39,6 +45,8 @@ test('request head: malformed or ambiguous input is refused with the right statu
   assert.equal(status('POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip'), 501)
   assert.equal(status('GET / HTTP/1.1\r\nHost: a\r\nBad Name: x'), 400)
   assert.equal(status('GET / HTTP/1.1\r\nHost: a\r\n folded'), 400)
+  assert.equal(status('GET / HTTP/1.1\r\nHost: a\nX: b'), 400) // bare LF
+  assert.equal(status('GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2'), 0)
   assert.equal(status('get / HTTP/1.1\r\nHost: a'), 400)
 })
 
@@ -51,7 +59,7 @@ test('response head: status, framing, Server/Via and fly-replay', () => {
   assert.equal(res.via, '1.1 other')
   assert.equal(res.flyReplay, 'region=sin')
   assert.equal(res.close, true)
-  assert.equal(res.lines, 'Content-Length: 3\r\nServer: x\r\nContent-Type: text/plain\r\n')
+  assert.equal(keptHeaderLines(res), 'Content-Length: 3\r\nServer: x\r\nContent-Type: text/plain\r\n')
   assert.equal(parseResponseHead('HTTP/1.1 204').status, 204)
   assert.throws(() => parseResponseHead('HTTP/2 200 OK'), HttpParseError)
   assert.equal(responseHasNoBody('HEAD', 200), true)

@@ -15,9 +15,12 @@ export class HttpParseError extends Error {
   }
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const METHOD = /^[A-Z]{1,20}$/
-const BAD_VALUE = /[\0\r\n]/
+/** A header name (RFC 9110 token) immediately followed by ':' — whitespace before the colon is
+ * a request-smuggling vector and is refused. Sticky: tested in place, no substring. */
+const NAME_COLON = /[!#$%&'*+.^_`|~0-9A-Za-z-]+:/y
+/** NUL, a bare CR or a bare LF anywhere in a head: refused (no obs-fold, no lone line ends). */
+const BAD_BYTES = /\0|\r(?!\n)|(?<!\r)\n/
 
 export interface RequestHead {
   method: string
@@ -33,8 +36,11 @@ export interface RequestHead {
   /** The Upgrade header's value when Connection lists upgrade (WebSocket), else ''. */
   upgrade: string
   expectContinue: boolean
-  /** Header lines forwarded as-is, each ending in CRLF (hop-by-hop and Fly's own removed). */
-  lines: string
+  /** The head as latin1 text (without the final blank line). */
+  text: string
+  /** [start, end) offsets of the bytes to forward: the request line and every kept header line
+   * with its CRLF. Hop-by-hop and proxy-owned headers fall between the ranges. */
+  keep: number[]
   xForwardedFor: string
   xForwardedPort: string
   preferRegion: string
@@ -50,7 +56,9 @@ export interface ResponseHead {
   contentLength: number
   chunked: boolean
   close: boolean
-  lines: string
+  text: string
+  /** As for requests: the status line and kept header lines. */
+  keep: number[]
   hasServer: boolean
   via: string
   flyReplay: string
@@ -81,10 +89,39 @@ function parseTransferEncoding(value: string): boolean {
   return true
 }
 
-/** Parses a request head (without the blank line). Throws HttpParseError on malformed input. */
-export function parseRequestHead(head: string): RequestHead {
-  let lineEnd = head.indexOf('\r\n')
-  const requestLine = lineEnd === -1 ? head : head.slice(0, lineEnd)
+/** The header lines of a parsed head (what `keep` forwards, minus the first line), as text. */
+export function keptHeaderLines(head: { text: string; keep: number[] }): string {
+  const { text, keep } = head
+  const firstLineEnd = text.indexOf('\r\n')
+  if (firstLineEnd === -1) return ''
+  let out = ''
+  for (let i = 0; i < keep.length; i += 2) {
+    const start = Math.max(keep[i]!, firstLineEnd + 2)
+    const end = Math.min(keep[i + 1]!, text.length)
+    if (end > start) out += text.slice(start, end)
+  }
+  if (out !== '' && !out.endsWith('\r\n')) out += '\r\n'
+  return out
+}
+
+/** Copies the kept byte ranges of `source`, then `extra` (latin1), then `tail`, into one buffer:
+ * one write per head, no string flattening of concatenated lines. */
+export function composeHead(source: Buffer, keep: number[], extra: string, tail?: Buffer): Buffer {
+  let size = extra.length + (tail?.length ?? 0)
+  for (let i = 0; i < keep.length; i += 2) size += keep[i + 1]! - keep[i]!
+  const out = Buffer.allocUnsafe(size)
+  let at = 0
+  for (let i = 0; i < keep.length; i += 2) at += source.copy(out, at, keep[i]!, keep[i + 1]!)
+  at += out.write(extra, at, 'latin1')
+  if (tail !== undefined) tail.copy(out, at)
+  return out
+}
+
+/** Parses a request head: `text` is the head up to (not including) the blank line. Throws
+ * HttpParseError on malformed input. */
+export function parseRequestHead(text: string): RequestHead {
+  const firstEnd = text.indexOf('\r\n')
+  const requestLine = firstEnd === -1 ? text : text.slice(0, firstEnd)
   const sp1 = requestLine.indexOf(' ')
   const sp2 = requestLine.lastIndexOf(' ')
   if (sp1 <= 0 || sp2 === sp1) throw new HttpParseError(400, 'malformed request line')
@@ -97,61 +134,98 @@ export function parseRequestHead(head: string): RequestHead {
   if (version === 'HTTP/1.1') minor = 1
   else if (version === 'HTTP/1.0') minor = 0
   else throw new HttpParseError(505, `unsupported HTTP version ${JSON.stringify(version)}`)
+  if (BAD_BYTES.test(text)) throw new HttpParseError(400, 'malformed line ending or NUL in the request head')
   const out: RequestHead = {
     method, target, minor, host: '', contentLength: -1, chunked: false, close: minor === 0, upgrade: '', expectContinue: false,
-    lines: '', xForwardedFor: '', xForwardedPort: '', preferRegion: '', forceRegion: '', preferInstance: '', forceInstance: '',
+    text, keep: [], xForwardedFor: '', xForwardedPort: '', preferRegion: '', forceRegion: '', preferInstance: '', forceInstance: '',
   }
   const conn = { close: false, keepAlive: false, upgrade: false }
   let upgradeValue = ''
   let hostSeen = false
-  let lines = ''
-  while (lineEnd !== -1) {
-    const start = lineEnd + 2
-    lineEnd = head.indexOf('\r\n', start)
-    const line = lineEnd === -1 ? head.slice(start) : head.slice(start, lineEnd)
-    if (line.length === 0) continue
-    const colon = line.indexOf(':')
-    if (colon <= 0) throw new HttpParseError(400, 'malformed header line')
-    const name = line.slice(0, colon)
-    if (!TOKEN.test(name)) throw new HttpParseError(400, `malformed header name ${JSON.stringify(name.slice(0, 40))}`)
-    const value = line.slice(colon + 1).trim()
-    if (BAD_VALUE.test(value)) throw new HttpParseError(400, 'malformed header value')
-    const lower = name.length <= 19 ? name.toLowerCase() : ''
-    switch (lower) {
-      case 'host':
-        if (hostSeen) throw new HttpParseError(400, 'more than one Host header')
-        hostSeen = true
-        out.host = value
-        lines += line + '\r\n'
-        continue
-      case 'content-length':
-        out.contentLength = parseContentLength(value, out.contentLength)
-        lines += line + '\r\n'
-        continue
-      case 'transfer-encoding':
-        out.chunked = parseTransferEncoding(value)
-        lines += line + '\r\n'
-        continue
-      case 'connection': connectionTokens(value, conn); continue
-      case 'keep-alive': case 'proxy-connection': case 'te': continue
-      case 'upgrade': upgradeValue = value; lines += line + '\r\n'; continue
-      case 'expect': if (value.toLowerCase() === '100-continue') out.expectContinue = true; lines += line + '\r\n'; continue
-      case 'x-forwarded-for': out.xForwardedFor = out.xForwardedFor ? `${out.xForwardedFor}, ${value}` : value; continue
-      case 'x-forwarded-port': out.xForwardedPort = value; continue
-      // Set by the proxy only; a client's copies are dropped (reference §3.2).
-      case 'fly-client-ip': case 'fly-region': case 'fly-forwarded-port': case 'fly-request-id': case 'x-forwarded-proto': case 'x-forwarded-ssl': case 'fly-replay-src': continue
-      case 'fly-prefer-region': out.preferRegion = value; continue
-      case 'fly-force-region': out.forceRegion = value; continue
-      default:
-        if (name.length > 19) {
-          const longLower = name.toLowerCase()
-          if (longLower === 'fly-prefer-instance-id') { out.preferInstance = value; continue }
-          if (longLower === 'fly-force-instance-id') { out.forceInstance = value; continue }
-          if (longLower === 'fly-preferred-instance-unavailable') continue
+  let keepFrom = 0
+  let lineStart = firstEnd === -1 ? text.length : firstEnd + 2
+  while (lineStart < text.length) {
+    let lineEnd = text.indexOf('\r\n', lineStart)
+    if (lineEnd === -1) lineEnd = text.length
+    NAME_COLON.lastIndex = lineStart
+    if (!NAME_COLON.test(text) || NAME_COLON.lastIndex > lineEnd) throw new HttpParseError(400, 'malformed header line')
+    const colon = NAME_COLON.lastIndex - 1
+    const nameLength = colon - lineStart
+    let drop = false
+    // Only names of lengths the proxy cares about are looked at (2..34 characters).
+    switch (nameLength) {
+      case 2: drop = text.slice(lineStart, colon).toLowerCase() === 'te'; break
+      case 4:
+        if (text.slice(lineStart, colon).toLowerCase() === 'host') {
+          if (hostSeen) throw new HttpParseError(400, 'more than one Host header')
+          hostSeen = true
+          out.host = text.slice(colon + 1, lineEnd).trim()
         }
-        lines += line + '\r\n'
+        break
+      case 6:
+        if (text.slice(lineStart, colon).toLowerCase() === 'expect') out.expectContinue = text.slice(colon + 1, lineEnd).trim().toLowerCase() === '100-continue'
+        break
+      case 7:
+        if (text.slice(lineStart, colon).toLowerCase() === 'upgrade') upgradeValue = text.slice(colon + 1, lineEnd).trim()
+        break
+      case 10: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'connection') { connectionTokens(text.slice(colon + 1, lineEnd), conn); drop = true }
+        else if (name === 'keep-alive' || name === 'fly-region') drop = true
+        break
+      }
+      case 13: drop = text.slice(lineStart, colon).toLowerCase() === 'fly-client-ip'; break
+      case 14: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'content-length') out.contentLength = parseContentLength(text.slice(colon + 1, lineEnd).trim(), out.contentLength)
+        else if (name === 'fly-request-id' || name === 'fly-replay-src') drop = true
+        break
+      }
+      case 15: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'x-forwarded-ssl') drop = true
+        else if (name === 'x-forwarded-for') {
+          const v = text.slice(colon + 1, lineEnd).trim()
+          out.xForwardedFor = out.xForwardedFor ? `${out.xForwardedFor}, ${v}` : v
+          drop = true
+        }
+        break
+      }
+      case 16: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'proxy-connection') drop = true
+        else if (name === 'x-forwarded-port') { out.xForwardedPort = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        else if (name === 'fly-force-region') { out.forceRegion = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        break
+      }
+      case 17: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'transfer-encoding') out.chunked = parseTransferEncoding(text.slice(colon + 1, lineEnd).trim())
+        else if (name === 'x-forwarded-proto') drop = true
+        else if (name === 'fly-prefer-region') { out.preferRegion = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        break
+      }
+      case 18: drop = text.slice(lineStart, colon).toLowerCase() === 'fly-forwarded-port'; break
+      case 21: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'fly-force-instance-id') { out.forceInstance = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        break
+      }
+      case 22: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'fly-prefer-instance-id') { out.preferInstance = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        break
+      }
+      case 34: drop = text.slice(lineStart, colon).toLowerCase() === 'fly-preferred-instance-unavailable'; break
     }
+    if (drop) {
+      if (lineStart > keepFrom) out.keep.push(keepFrom, lineStart)
+      keepFrom = lineEnd + 2
+    }
+    lineStart = lineEnd + 2
   }
+  // The last kept line's CRLF sits just past `text` (the head ends with CRLF CRLF).
+  if (text.length + 2 > keepFrom) out.keep.push(keepFrom, text.length + 2)
   if (out.chunked && out.contentLength !== -1) {
     // RFC 9112 §6.3: both present is a smuggling vector; refuse rather than guess.
     throw new HttpParseError(400, 'both Transfer-Encoding and Content-Length')
@@ -160,49 +234,53 @@ export function parseRequestHead(head: string): RequestHead {
   if (conn.close) out.close = true
   else if (conn.keepAlive) out.close = false
   if (conn.upgrade && upgradeValue) out.upgrade = upgradeValue
-  out.lines = lines
   return out
 }
 
 /** Parses a response head (without the blank line). */
-export function parseResponseHead(head: string): ResponseHead {
-  let lineEnd = head.indexOf('\r\n')
-  const statusLine = lineEnd === -1 ? head : head.slice(0, lineEnd)
-  if (!statusLine.startsWith('HTTP/1.') || statusLine.length < 12 || statusLine.charCodeAt(12) !== 32 && statusLine.length > 12) {
+export function parseResponseHead(text: string): ResponseHead {
+  const firstEnd = text.indexOf('\r\n')
+  const statusLine = firstEnd === -1 ? text : text.slice(0, firstEnd)
+  if (!statusLine.startsWith('HTTP/1.') || statusLine.length < 12 || (statusLine.length > 12 && statusLine.charCodeAt(12) !== 32)) {
     throw new HttpParseError(502, 'malformed status line from the Machine')
   }
   const minor = statusLine.charCodeAt(7) - 48
   const status = Number(statusLine.slice(9, 12))
   if (!(status >= 100 && status <= 999) || (minor !== 0 && minor !== 1)) throw new HttpParseError(502, 'malformed status line from the Machine')
-  const out: ResponseHead = { status, minor, reason: statusLine.slice(13), contentLength: -1, chunked: false, close: minor === 0, lines: '', hasServer: false, via: '', flyReplay: '', contentType: '' }
+  const out: ResponseHead = { status, minor, reason: statusLine.slice(13), contentLength: -1, chunked: false, close: minor === 0, text, keep: [], hasServer: false, via: '', flyReplay: '', contentType: '' }
   const conn = { close: false, keepAlive: false, upgrade: false }
-  let lines = ''
-  while (lineEnd !== -1) {
-    const start = lineEnd + 2
-    lineEnd = head.indexOf('\r\n', start)
-    const line = lineEnd === -1 ? head.slice(start) : head.slice(start, lineEnd)
-    if (line.length === 0) continue
-    const colon = line.indexOf(':')
-    if (colon <= 0) throw new HttpParseError(502, 'malformed header line from the Machine')
-    const name = line.slice(0, colon)
-    const lower = name.toLowerCase()
-    const value = line.slice(colon + 1).trim()
-    switch (lower) {
-      case 'content-length': out.contentLength = parseContentLength(value, out.contentLength); break
-      case 'transfer-encoding': out.chunked = parseTransferEncoding(value); break
-      case 'connection': connectionTokens(value, conn); continue
-      case 'keep-alive': continue
-      case 'server': out.hasServer = true; break
-      case 'via': out.via = out.via ? `${out.via}, ${value}` : value; continue
-      case 'fly-replay': out.flyReplay = value; continue
-      case 'content-type': out.contentType = value; break
+  let keepFrom = 0
+  let lineStart = firstEnd === -1 ? text.length : firstEnd + 2
+  while (lineStart < text.length) {
+    let lineEnd = text.indexOf('\r\n', lineStart)
+    if (lineEnd === -1) lineEnd = text.length
+    const colon = text.indexOf(':', lineStart)
+    if (colon <= lineStart || colon > lineEnd) throw new HttpParseError(502, 'malformed header line from the Machine')
+    let drop = false
+    switch (colon - lineStart) {
+      case 3: if (text.slice(lineStart, colon).toLowerCase() === 'via') { const v = text.slice(colon + 1, lineEnd).trim(); out.via = out.via ? `${out.via}, ${v}` : v; drop = true } break
+      case 6: if (text.slice(lineStart, colon).toLowerCase() === 'server') out.hasServer = true; break
+      case 10: {
+        const name = text.slice(lineStart, colon).toLowerCase()
+        if (name === 'connection') { connectionTokens(text.slice(colon + 1, lineEnd), conn); drop = true }
+        else if (name === 'keep-alive') drop = true
+        else if (name === 'fly-replay') { out.flyReplay = text.slice(colon + 1, lineEnd).trim(); drop = true }
+        break
+      }
+      case 12: if (text.slice(lineStart, colon).toLowerCase() === 'content-type') out.contentType = text.slice(colon + 1, lineEnd).trim(); break
+      case 14: if (text.slice(lineStart, colon).toLowerCase() === 'content-length') out.contentLength = parseContentLength(text.slice(colon + 1, lineEnd).trim(), out.contentLength); break
+      case 17: if (text.slice(lineStart, colon).toLowerCase() === 'transfer-encoding') out.chunked = parseTransferEncoding(text.slice(colon + 1, lineEnd).trim()); break
     }
-    lines += line + '\r\n'
+    if (drop) {
+      if (lineStart > keepFrom) out.keep.push(keepFrom, lineStart)
+      keepFrom = lineEnd + 2
+    }
+    lineStart = lineEnd + 2
   }
+  if (text.length + 2 > keepFrom) out.keep.push(keepFrom, text.length + 2)
   if (out.chunked) out.contentLength = -1
   if (conn.close) out.close = true
   else if (conn.keepAlive) out.close = false
-  out.lines = lines
   return out
 }
 

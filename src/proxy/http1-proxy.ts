@@ -6,7 +6,7 @@ import {
   formatReplayFailed, formatReplaySrc, MAX_REPLAY_BODY_BYTES, MAX_REPLAYS, parseReplayHeader, parseReplayJson,
   regionMatchers, REPLAY_CONTENT_TYPE, transformHeaderLines, type ReplayInstruction,
 } from './fly-replay.js'
-import { BodyFramer, CRLFCRLF, dechunk, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
+import { BodyFramer, composeHead, CRLFCRLF, dechunk, keptHeaderLines, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
 import type { MachineEntry, PortBinding, ServiceGroup } from './routing-table.js'
 import { DEFAULT_HEADERS_READ_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS } from './services.js'
 import type { UpstreamPool, Poolable } from './transport.js'
@@ -69,6 +69,8 @@ export class Http1Connection {
 
   // The exchange in flight.
   private head: RequestHead | undefined
+  /** The client bytes the head was parsed from (its `keep` ranges point into them). */
+  private headBuf: Buffer | undefined
   private binding: PortBinding | undefined
   private group: ServiceGroup | undefined
   private entry: MachineEntry | undefined
@@ -188,6 +190,7 @@ export class Http1Connection {
     }
     const rest = end + 4
     this.pending = rest < buf.length ? buf.subarray(rest) : undefined
+    this.headBuf = buf
     this.startRequest(head)
   }
 
@@ -308,7 +311,7 @@ export class Http1Connection {
     this.discarding = false
     const socket = upstream.socket
     socket.cork()
-    socket.write(this.upstreamRequestHead(head, entry), 'latin1')
+    socket.write(this.upstreamRequestHead(head, entry))
     if (this.replayBody !== undefined) {
       for (const chunk of this.replayBody) socket.write(chunk)
     } else if (!this.reqFramer.done && this.pending !== undefined) {
@@ -319,22 +322,24 @@ export class Http1Connection {
     socket.uncork()
   }
 
-  private upstreamRequestHead(head: RequestHead, entry: MachineEntry): string {
+  /** The request head for the Machine: the client's bytes minus hop-by-hop and proxy-owned
+   * header lines, plus the headers Fly's proxy adds, in one buffer. */
+  private upstreamRequestHead(head: RequestHead, entry: MachineEntry): Buffer {
     const tls = this.listen.tls
     const port = this.listen.port
-    const target = this.replay?.transform.path || head.target
-    let lines = head.lines
-    if (this.replay !== undefined) lines = transformHeaderLines(lines, this.replay.transform)
-    let out = `${head.method} ${target} HTTP/1.1\r\n${lines}`
-    if (head.minor === 0 && head.host === '') out += `Host: ${entry.route.app}.${this.ctx.domain}\r\n`
-    if (head.upgrade !== '') out += 'Connection: upgrade\r\n'
     // reference §3.2: the request headers Fly's proxy adds.
-    out += `Fly-Client-IP: ${this.clientIp}\r\nX-Forwarded-For: ${head.xForwardedFor ? `${head.xForwardedFor}, ` : ''}${this.clientIp}\r\n`
+    let added = head.upgrade !== '' ? 'Connection: upgrade\r\n' : ''
+    added += `Fly-Client-IP: ${this.clientIp}\r\nX-Forwarded-For: ${head.xForwardedFor ? `${head.xForwardedFor}, ` : ''}${this.clientIp}\r\n`
       + `X-Forwarded-Proto: ${tls ? 'https' : 'http'}\r\nX-Forwarded-SSL: ${tls ? 'on' : 'off'}\r\n`
       + `X-Forwarded-Port: ${head.xForwardedPort || port}\r\nFly-Forwarded-Port: ${port}\r\n`
-      + `Fly-Region: ${this.ctx.region}\r\nFly-Request-Id: ${this.requestId}\r\n`
-    if (this.extraRequestHeaders !== '') out += this.extraRequestHeaders
-    return out + '\r\n'
+      + `Fly-Region: ${this.ctx.region}\r\nFly-Request-Id: ${this.requestId}\r\n${this.extraRequestHeaders}\r\n`
+    if (head.minor === 1 && this.replay === undefined) return composeHead(this.headBuf!, head.keep, added)
+    // HTTP/1.0 clients and replays with a transform get a rebuilt head.
+    const target = this.replay?.transform.path || head.target
+    let lines = keptHeaderLines(head)
+    if (this.replay !== undefined) lines = transformHeaderLines(lines, this.replay.transform)
+    if (head.minor === 0 && head.host === '') lines += `Host: ${entry.route.app}.${this.ctx.domain}\r\n`
+    return Buffer.from(`${head.method} ${target} HTTP/1.1\r\n${lines}${added}`, 'latin1')
   }
 
   private forwardRequestBody(chunk: Buffer): void {
@@ -421,10 +426,7 @@ export class Http1Connection {
     this.responseHead = res
     if (res.status === 101 && head.upgrade !== '') {
       this.phase = Phase.Upgraded
-      this.socket.cork()
-      this.socket.write(this.clientResponseHead(res, true), 'latin1')
-      if (bodyStart < buf.length) this.socket.write(buf.subarray(bodyStart))
-      this.socket.uncork()
+      this.socket.write(this.clientResponseHead(buf, res, true, bodyStart < buf.length ? buf.subarray(bodyStart) : undefined))
       if (this.pending !== undefined) { this.upstream!.socket.write(this.pending); this.pending = undefined }
       this.socket.resume()
       return
@@ -438,33 +440,39 @@ export class Http1Connection {
       return
     }
     if (this.resFramer.mode === 'close' || res.close || head.upgrade !== '') this.closeAfter = true
-    const clientHead = this.clientResponseHead(res, false)
-    const socket = this.socket
-    if (bodyStart === buf.length) {
-      socket.write(clientHead, 'latin1')
-      if (this.resFramer.done) this.finishExchange()
+    // The head and the part of the body that came with it go out in one write.
+    let bodyEnd: number
+    try {
+      bodyEnd = this.resFramer.consume(buf, bodyStart, buf.length)
+    } catch {
+      this.upstreamFailed('the Machine sent a malformed response body')
       return
     }
-    socket.cork()
-    socket.write(clientHead, 'latin1')
-    this.forwardResponseBody(buf, bodyStart)
-    socket.uncork()
+    const complete = bodyEnd !== -1
+    if (!complete) bodyEnd = buf.length
+    const out = this.clientResponseHead(buf, res, false, bodyEnd > bodyStart ? buf.subarray(bodyStart, bodyEnd) : undefined)
+    if (!this.socket.write(out)) this.upstream!.socket.pause()
+    if (complete) this.finishExchange(bodyEnd < buf.length)
   }
 
-  private clientResponseHead(res: ResponseHead, upgrade: boolean): string {
+  /** The response head for the client: the Machine's bytes minus hop-by-hop lines, plus Via,
+   * Server and Fly-Request-Id (reference §3.2) unless pristine, then `tail` (body bytes). */
+  private clientResponseHead(source: Buffer, res: ResponseHead, upgrade: boolean, tail: Buffer | undefined): Buffer {
     const http = this.binding!.port.http
-    let out = `HTTP/1.1 ${res.status} ${res.reason || reasonPhrase(res.status)}\r\n${res.lines}`
+    let added = ''
     if (!http.pristine) {
-      // reference §3.2: Via, Server and Fly-Request-Id unless response.pristine.
-      out += `Via: ${res.via ? `${res.via}, ` : ''}1.1 hangar\r\n`
-      if (!res.hasServer) out += 'Server: Hangar\r\n'
-      out += `Fly-Request-Id: ${this.requestId}\r\n`
+      added += `Via: ${res.via ? `${res.via}, ` : ''}1.1 hangar\r\n`
+      if (!res.hasServer) added += 'Server: Hangar\r\n'
+      added += `Fly-Request-Id: ${this.requestId}\r\n`
     }
+    if (upgrade) added += 'Connection: upgrade\r\n'
+    else if (this.closeAfter) added += 'Connection: close\r\n'
+    else if (this.head!.minor === 0) added += 'Connection: keep-alive\r\n'
+    if (res.minor === 1 && http.responseHeaders.length === 0) return composeHead(source, res.keep, added + '\r\n', tail)
+    let out = `HTTP/1.1 ${res.status} ${res.reason || reasonPhrase(res.status)}\r\n${keptHeaderLines(res)}${added}`
     if (http.responseHeaders.length > 0) out = applyResponseHeaders(out, http.responseHeaders)
-    if (upgrade) out += 'Connection: upgrade\r\n'
-    else if (this.closeAfter) out += 'Connection: close\r\n'
-    else if (this.head!.minor === 0) out += 'Connection: keep-alive\r\n'
-    return out + '\r\n'
+    const head = Buffer.from(out + '\r\n', 'latin1')
+    return tail === undefined ? head : Buffer.concat([head, tail])
   }
 
   private forwardResponseBody(buf: Buffer, start: number): void {
