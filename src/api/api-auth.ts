@@ -7,11 +7,18 @@ import type { ApiStore } from './api-store.js'
 
 export type ApiAction = 'read' | 'write' | 'create' | 'delete' | 'control'
 
+/** One thing a request does: the action, the org, and where named the app, Machine and (exec)
+ * the command — reference §6's `flyio.Access`. */
+export interface ApiAccess { action: ApiAction; org: string; app?: string; machine?: string; command?: readonly string[] }
+
 export interface Caller {
   /** The orgs this caller may act in. */
   orgs: string[]
-  /** Checks one access in depth (token caveats); throws ForbiddenError when not allowed. */
-  authorize(access: { action: ApiAction; org: string; app?: string; machine?: string }): Promise<void>
+  /** Checks one access in depth (token caveats); throws ForbiddenError (or NotFoundError for
+   * another org's resource) when not allowed. */
+  authorize(access: ApiAccess): Promise<void>
+  /** The same check as a yes/no, for filtering lists. */
+  allows(access: ApiAccess): Promise<boolean>
 }
 
 export interface ApiAuth {
@@ -34,6 +41,6 @@ export class StaticTokenAuth implements ApiAuth {
     const token = tokenFromHeader(header)
     const org = this.store.staticTokenOrg(token)
     if (!org) throw new UnauthorizedError('unauthorized: the token is not valid')
-    return { orgs: [org], authorize: async () => undefined }
+    return { orgs: [org], authorize: async () => undefined, allows: async (access) => access.org === org }
   }
 }

@@ -21,10 +21,12 @@ export async function runApiProcess(options: ApiProcessOptions): Promise<void> {
   mkdirSync(options.dataDir, { recursive: true })
   const api = await startApi({ natsUrl: options.natsUrl, dbPath: join(options.dataDir, 'api.db'), host: options.host, port: options.port, region: options.region, logger })
   if (options.bootstrapOrg) {
-    api.store.createOrg(options.bootstrapOrg)
+    // The first org, its signing key and an fm2_ org token for its owner (issue 5: `hangar up`
+    // hands out a macaroon). A restart keeps the token file as it is.
+    const created = api.store.getOrg(options.bootstrapOrg) ? undefined : api.tenancy.createOrg(options.bootstrapOrg, { member: 'owner' })
     if (options.tokenFile && !existsSync(options.tokenFile)) {
-      const token = api.store.createStaticToken(options.bootstrapOrg, 'hangar up')
-      writeFileSync(options.tokenFile, token, { mode: 0o600 })
+      const token = created?.token ?? api.tenancy.issueToken({ org: options.bootstrapOrg, kind: 'org', name: 'hangar up', member: 'owner' })
+      writeFileSync(options.tokenFile, token.token, { mode: 0o600 })
     }
   }
   writeFileSync(join(options.dataDir, 'api.url'), api.url)

@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS static_tokens (hash TEXT PRIMARY KEY, org TEXT NOT NU
 
 export class ApiStore {
   readonly db: Database.Database
+  private readonly appDeletedHooks: Array<(app: string) => void> = []
+  private tokenIssuer: ((org: string, name: string) => string) | undefined
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
@@ -68,7 +70,20 @@ export class ApiStore {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM apps WHERE name = ?').run(name)
       this.db.prepare('DELETE FROM machine_hosts WHERE app = ?').run(name)
+      // What other parts keep per app (secrets, releases) goes with it: a new app of the same
+      // name, perhaps in another org, must not inherit it.
+      for (const hook of this.appDeletedHooks) hook(name)
     })()
+  }
+
+  /** Runs `hook(app)` inside the transaction that deletes an app. */
+  onAppDeleted(hook: (app: string) => void): void {
+    this.appDeletedHooks.push(hook)
+  }
+
+  /** Where `createStaticToken` gets its tokens once the API's macaroon auth is open. */
+  setTokenIssuer(issue: (org: string, name: string) => string): void {
+    this.tokenIssuer = issue
   }
 
   indexMachine(machineId: string, app: string, hostId: string, state: string): void {
@@ -90,8 +105,10 @@ export class ApiStore {
     return (this.db.prepare('SELECT DISTINCT host_id FROM machine_hosts WHERE app = ?').all(app) as Array<{ host_id: string }>).map((r) => r.host_id)
   }
 
-  /** A bearer token for `org`, shown once; only its hash is kept. */
+  /** A token for `org` that may do everything in it, shown once: an fm2_ org macaroon when the
+   * API's macaroon auth is open (the default), else a static bearer token whose hash is kept. */
   createStaticToken(org: string, name: string): string {
+    if (this.tokenIssuer) return this.tokenIssuer(org, name)
     const token = `hgt_${randomBytes(24).toString('base64url')}`
     this.db.prepare('INSERT INTO static_tokens (hash, org, name, created_at) VALUES (?, ?, ?, ?)').run(hashToken(token), org, name, new Date().toISOString())
     return token

@@ -2,14 +2,19 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Bus, SUBJECTS } from '../bus/index.js'
 import {
-  APP_NAME_PATTERN, HEADERS, isMachineId, InsufficientCapacityError, InvalidArgumentError, NameTakenError, NotFoundError, UnavailableError,
+  APP_NAME_PATTERN, HEADERS, isMachineId, InsufficientCapacityError, InvalidArgumentError, NameTakenError, NotFoundError, PreconditionFailedError, UnavailableError,
   WAITABLE_STATES, createLogger, isNotFound, newRequestId, normaliseSignal, type App, type CreateMachineRequest, type ExecRequest,
   type Logger, type LogLine, type Machine, type MachineState, type UpdateMachineRequest, type WaitableState, ALL_STATES,
 } from '../core/index.js'
 import type { HostInfo } from '../agent/index.js'
 import { rankBestFit } from '../placement/index.js'
 import { ApiStore, type AppRow } from './api-store.js'
-import { StaticTokenAuth, type ApiAuth, type Caller } from './api-auth.js'
+import type { ApiAuth, ApiAction, Caller } from './api-auth.js'
+import { Tenancy } from './auth-tenancy.js'
+import { orgRoutes } from './routes-orgs.js'
+import { tokenRoutes } from './routes-tokens.js'
+import { secretRoutes } from './routes-secrets.js'
+import { releaseRoutes } from './routes-releases.js'
 import { HostDirectory } from './host-directory.js'
 import { Router, createRequestListener, type RequestContext } from './http.js'
 import { checkCreateRequest, checkMachineConfig } from './machine-config-rules.js'
@@ -26,8 +31,11 @@ export interface ApiOptions {
   port?: number
   region?: string
   logger?: Logger
+  /** Default: macaroon tokens (fm2_) verified against the org keys in this API's store. */
   auth?: ApiAuth
   bodyLimitBytes?: number
+  /** Names this API process to its peers (revocation acknowledgements). */
+  nodeName?: string
 }
 
 export interface RunningApi {
@@ -35,6 +43,8 @@ export interface RunningApi {
   store: ApiStore
   bus: Bus
   hosts: HostDirectory
+  /** Orgs, members, signing keys, tokens, revocations and secrets. */
+  tenancy: Tenancy
   close(): Promise<void>
 }
 
@@ -48,8 +58,9 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   const bus = await Bus.connect(options.natsUrl, { name: 'api', logger })
   const hosts = new HostDirectory(bus, store, logger)
   await hosts.start()
-  const auth = options.auth ?? new StaticTokenAuth(store)
-  const router = buildRoutes({ store, bus, hosts, auth, logger })
+  const tenancy = new Tenancy({ store, dbPath: options.dbPath, bus, node: options.nodeName ?? `api-${process.pid}-${newRequestId(region).slice(-8)}`, logger })
+  const auth = options.auth ?? tenancy.auth
+  const router = buildRoutes({ store, bus, hosts, auth, logger, tenancy })
   const server: Server = createServer({ requestTimeout: 120_000, headersTimeout: 20_000, maxHeaderSize: 32 * 1024 }, createRequestListener(router, {
     bodyLimitBytes: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT, newRequestId: () => newRequestId(region), logger, region,
   }))
@@ -63,19 +74,20 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   logger.info('api listening', { url })
   let closed = false
   return {
-    url, store, bus, hosts,
+    url, store, bus, hosts, tenancy,
     async close() {
       if (closed) return
       closed = true
       await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections() })
       hosts.close()
+      tenancy.close()
       await bus.close()
       store.close()
     },
   }
 }
 
-interface Deps { store: ApiStore; bus: Bus; hosts: HostDirectory; auth: ApiAuth; logger: Logger }
+interface Deps { store: ApiStore; bus: Bus; hosts: HostDirectory; auth: ApiAuth; logger: Logger; tenancy: Tenancy }
 
 /** What route modules other than the Machines routes get to work with (orgs, tokens, secrets…). */
 export interface ApiContext extends Deps {
@@ -89,9 +101,9 @@ export interface ApiContext extends Deps {
 export type RouteModule = (router: Router, api: ApiContext) => void
 
 /** Route modules of other parts; each adds its paths (one line per module). */
-export const ROUTE_MODULES: RouteModule[] = []
+export const ROUTE_MODULES: RouteModule[] = [orgRoutes, tokenRoutes, secretRoutes, releaseRoutes]
 
-function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
+function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router {
   const router = new Router()
 
   const caller = (ctx: RequestContext) => auth.authenticate(ctx.header('authorization'))
@@ -142,15 +154,25 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
   }
 
+  /** The app's secrets for an agent that (re)starts its Machines; never put in a response. */
+  const secretsFor = (app: AppRow, request?: { skip_secrets?: boolean; min_secrets_version?: number }): Record<string, string> => {
+    if (request?.skip_secrets) return {}
+    const version = tenancy.secrets.version(app.name)
+    if (request?.min_secrets_version !== undefined && version < request.min_secrets_version) {
+      throw new PreconditionFailedError(`app ${app.name} is at secrets version ${version}, below min_secrets_version ${request.min_secrets_version}`)
+    }
+    return tenancy.secrets.values(app.name)
+  }
+
   /** Every Machine request: authenticate, find the app and host, call the agent. */
-  const machineRoute = (method: string, action: 'read' | 'write' | 'control' | 'delete', build: (ctx: RequestContext) => Promise<Record<string, unknown>> | Record<string, unknown>, shape?: (result: any) => unknown) =>
+  const machineRoute = (method: string, action: Exclude<ApiAction, 'create'>, build: (ctx: RequestContext, app: AppRow) => Promise<Record<string, unknown>> | Record<string, unknown>, shape?: (result: any) => unknown, command?: readonly string[]) =>
     async (ctx: RequestContext) => {
       const who = await caller(ctx)
       const app = appFor(who, ctx.params.app!)
       const machineId = ctx.params.id!
-      await who.authorize({ action, org: app.org, app: app.name, machine: machineId })
+      await who.authorize({ action, org: app.org, app: app.name, machine: machineId, ...(command ? { command } : {}) })
       const hostId = await hostOf(app, machineId)
-      const params = { app: app.name, id: machineId, nonce: ctx.header(HEADERS.leaseNonce), ...(await build(ctx)) }
+      const params = { app: app.name, id: machineId, nonce: ctx.header(HEADERS.leaseNonce), ...(await build(ctx, app)) }
       const result = await agentCall<unknown>(hostId, method, params)
       return shape ? shape(result) : result
     }
@@ -160,7 +182,10 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     const who = await caller(ctx)
     const orgSlug = ctx.query.get('org_slug')
     if (orgSlug && !who.orgs.includes(orgSlug)) return { apps: [], total_apps: 0 }
-    const apps = (orgSlug ? store.listApps(orgSlug) : who.orgs.flatMap((o) => store.listApps(o))).map(appView)
+    const candidates = orgSlug ? store.listApps(orgSlug) : who.orgs.flatMap((o) => store.listApps(o))
+    // Only the apps the caller's tokens may read (an app-scoped token lists its app).
+    const readable = await Promise.all(candidates.map((app) => who.allows({ action: 'read', org: app.org, app: app.name })))
+    const apps = candidates.filter((_, i) => readable[i]).map(appView)
     return { apps, total_apps: apps.length }
   })
 
@@ -237,24 +262,24 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     const request = body as CreateMachineRequest
     checkCreateRequest(request)
     const host = await placeMachine(hosts, request)
-    const machine = await agentCall<Machine>(host.id, 'create', { app: app.name, org: app.org, network: app.network, primaryRegion: app.primaryRegion || undefined, request })
+    const machine = await agentCall<Machine>(host.id, 'create', { app: app.name, org: app.org, network: app.network, primaryRegion: app.primaryRegion || undefined, request, secrets: secretsFor(app, request) })
     store.indexMachine(machine.id, app.name, host.id, machine.state)
     return machine
   })
 
   router.add('GET', '/v1/apps/:app/machines/:id', machineRoute('get', 'read', (ctx) => ({ includeLease: boolParam(ctx.query, 'include_leases') })))
 
-  router.add('POST', '/v1/apps/:app/machines/:id', machineRoute('update', 'write', async (ctx) => {
+  router.add('POST', '/v1/apps/:app/machines/:id', machineRoute('update', 'write', async (ctx, app) => {
     const body = await ctx.body()
     validateAgainstSpec(body, 'UpdateMachineRequest')
     const request = body as UpdateMachineRequest
     checkMachineConfig(request.config)
-    return { request }
+    return { request, secrets: secretsFor(app, request) }
   }))
 
   router.add('DELETE', '/v1/apps/:app/machines/:id', machineRoute('destroy', 'delete', (ctx) => ({ force: boolParam(ctx.query, 'force') || boolParam(ctx.query, 'kill') })))
 
-  router.add('POST', '/v1/apps/:app/machines/:id/start', machineRoute('start', 'control', () => ({})))
+  router.add('POST', '/v1/apps/:app/machines/:id/start', machineRoute('start', 'control', (_ctx, app) => ({ secrets: secretsFor(app) })))
 
   router.add('POST', '/v1/apps/:app/machines/:id/stop', machineRoute('stop', 'control', async (ctx) => {
     const body = await ctx.body()
@@ -310,15 +335,17 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
 
   router.add('GET', '/v1/apps/:app/machines/:id/ps', machineRoute('ps', 'read', () => ({}), (stats: Array<Record<string, number | string>>) => stats))
 
-  router.add('POST', '/v1/apps/:app/machines/:id/exec', machineRoute('exec', 'control', async (ctx) => {
+  router.add('POST', '/v1/apps/:app/machines/:id/exec', async (ctx) => {
     const body = await ctx.body()
     validateAgainstSpec(body, 'MachineExecRequest')
     const request = body as ExecRequest
     if (request.command && (!Array.isArray(request.command) || request.command.length === 0)) throw new InvalidArgumentError('command must be a non-empty array of strings')
     if (!request.command && !request.cmd) throw new InvalidArgumentError('command is required')
     if (request.timeout !== undefined && (request.timeout < 1 || request.timeout > 300)) throw new InvalidArgumentError('timeout must be 1–300 seconds')
-    return { request }
-  }))
+    // reference §6: exec is a control action checked with its command (machine-exec tokens).
+    const command = request.command?.length ? request.command : ['sh', '-c', request.cmd!]
+    return machineRoute('exec', 'control', () => ({ request }), undefined, command)(ctx)
+  })
 
   // ── leases (reference §1.7: fly-go expects the wrapped {status, data}; the spec's Lease is flat — both are sent) ──
   const leaseShape = (lease: { status: string; data: Record<string, unknown> }) => ({ ...lease.data, ...lease })
@@ -384,7 +411,7 @@ function buildRoutes({ store, bus, hosts, auth, logger }: Deps): Router {
     }
   })
 
-  const api: ApiContext = { store, bus, hosts, auth, logger, caller, appFor, agentCall, hostOf }
+  const api: ApiContext = { store, bus, hosts, auth, logger, tenancy, caller, appFor, agentCall, hostOf }
   for (const register of ROUTE_MODULES) register(router, api)
 
   // ── platform ──

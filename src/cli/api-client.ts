@@ -14,12 +14,18 @@ export class ApiError extends Error {
 export class ApiClient {
   constructor(private readonly baseUrl: string, private readonly token: string) {}
 
+  /** reference §1.1: fly-go sends `FlyV1 fm2_…,fm2_…` for macaroons (several may be comma-joined,
+   * e.g. HANGAR_API_TOKEN="fm2_a,fm2_b") and `Bearer` for anything else. */
+  get authorization(): string {
+    return this.token.startsWith('fm2_') ? `FlyV1 ${this.token}` : `Bearer ${this.token}`
+  }
+
   async request<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response
     try {
       res = await fetch(`${this.baseUrl}${path}`, {
         method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        headers: { authorization: this.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
         body: body === undefined ? undefined : JSON.stringify(body),
       })
     } catch (err) {
@@ -60,7 +66,7 @@ export class ApiClient {
 
   /** Streams an app's log lines as NDJSON until `signal` aborts. */
   async streamLogs(app: string, onLine: (line: LogLine) => void, signal?: AbortSignal): Promise<void> {
-    const res = await fetch(`${this.baseUrl}/v1/apps/${encodeURIComponent(app)}/logs?follow=true`, { headers: { authorization: `Bearer ${this.token}` }, signal })
+    const res = await fetch(`${this.baseUrl}/v1/apps/${encodeURIComponent(app)}/logs?follow=true`, { headers: { authorization: this.authorization }, signal })
     if (!res.ok || !res.body) {
       const envelope = await res.json().catch(() => ({})) as { error?: string; code?: string }
       throw new ApiError(res.status, envelope.code, envelope.error ?? `HTTP ${res.status}`)
