@@ -29,11 +29,11 @@ export interface AgentServiceOptions {
 export function serveAgent(options: AgentServiceOptions): () => void {
   const { agent, bus } = options
   const handlers = {
-    create: (p: { app: string; org: string; network: number; primaryRegion?: string; request: Parameters<Agent['createMachine']>[0]['request'] }) => agent.createMachine(p),
+    create: (p: { app: string; org: string; network: number; primaryRegion?: string; request: Parameters<Agent['createMachine']>[0]['request']; secrets?: Record<string, string> }) => agent.createMachine(p),
     get: (p: { app: string; id: string; includeLease?: boolean }) => agent.getMachine(p.app, p.id, { includeLease: p.includeLease }),
     list: (p: { app: string; filters: Parameters<Agent['listMachines']>[1] }) => agent.listMachines(p.app, p.filters),
-    update: (p: { app: string; id: string; request: Parameters<Agent['updateMachine']>[2]; nonce?: string }) => agent.updateMachine(p.app, p.id, p.request, p.nonce),
-    start: (p: { app: string; id: string; nonce?: string }) => agent.startMachine(p.app, p.id, p.nonce),
+    update: (p: { app: string; id: string; request: Parameters<Agent['updateMachine']>[2]; nonce?: string; secrets?: Record<string, string> }) => agent.updateMachine(p.app, p.id, p.request, p.nonce, p.secrets),
+    start: (p: { app: string; id: string; nonce?: string; secrets?: Record<string, string> }) => agent.startMachine(p.app, p.id, p.nonce, p.secrets),
     stop: (p: { app: string; id: string; signal?: string; timeout?: string | number; nonce?: string }) => agent.stopMachine(p.app, p.id, { signal: p.signal, timeout: p.timeout }, p.nonce),
     suspend: (p: { app: string; id: string; nonce?: string }) => agent.suspendMachine(p.app, p.id, p.nonce),
     restart: (p: { app: string; id: string; signal?: string; timeout?: string | number; forceStop?: boolean; nonce?: string }) => agent.restartMachine(p.app, p.id, p, p.nonce),

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, chmodSync, openSync, writeSync, closeSync } from 'node:fs'
 import { dirname, join, normalize } from 'node:path'
 import {
   ConflictError, IllegalStateError, InvalidArgumentError, NameTakenError, NotFoundError, UnprocessableError, WaitTimeoutError,
@@ -8,6 +8,7 @@ import {
   type WaitResponse, type WaitableState, type MachineRoute,
 } from '../core/index.js'
 import type { GuestExit, RuntimeDriver } from '../runtime/index.js'
+import { open as openSealed, randomKey, seal, SealedBoxError } from '../auth/index.js'
 import {
   ensureBridge, gatewayIpv4, hostNumber, ipv4Capacity, machineIpv4, parseCidr, setupMachineNetwork, sixpnAddress,
   teardownMachineNetwork, listMachineNetns, type Ipv4Subnet,
@@ -86,6 +87,8 @@ export class Agent {
   private readonly nameservers = hostNameservers()
   private stopExitWatch: (() => void) | undefined
   private closed = false
+  /** Seals each Machine's secrets in agent.db (issue 5); the key file never leaves the host. */
+  private readonly secretsKey: Buffer
 
   private constructor(private readonly options: AgentOptions) {
     this.logger = options.logger ?? silentLogger
@@ -94,6 +97,7 @@ export class Agent {
     this.hostNumber = hostNumber(options.hostId)
     this.machinesDir = join(options.dataDir, 'machines')
     mkdirSync(this.machinesDir, { recursive: true })
+    this.secretsKey = loadSecretsKey(join(options.dataDir, SECRETS_KEY_FILE))
     this.tailer = new LogTailer((line: LogLine) => options.events?.log?.(line))
   }
 
@@ -194,7 +198,7 @@ export class Agent {
 
   // ───────────────────────────── operations ─────────────────────────────
 
-  async createMachine(input: { app: string; org: string; network: number; primaryRegion?: string; request: CreateMachineRequest }): Promise<Machine> {
+  async createMachine(input: { app: string; org: string; network: number; primaryRegion?: string; request: CreateMachineRequest; secrets?: Record<string, string> }): Promise<Machine> {
     const { request } = input
     const name = request.name ?? newMachineName()
     if (this.store.isNameTaken(input.app, name)) throw new NameTakenError(`a machine named "${name}" already exists in app ${input.app}`)
@@ -222,6 +226,8 @@ export class Agent {
       // The row (holding its ordinal, so concurrent creates never share an address) and the
       // create operation are written together: a crash never leaves one without the other.
       this.store.insertMachine(machine)
+      // Secrets go beside the row, sealed, never into the operation's params.
+      if (input.secrets) this.storeSecrets(id, input.secrets)
       op = this.store.beginOperation(id, 'create', params(machine) as unknown as Record<string, unknown>)
     })
     const nonce = await this.enqueue(id, () => this.runOperation(machine, 'create', op.params, { existing: op }))
@@ -229,10 +235,11 @@ export class Agent {
     return this.machineView(latest, { nonce: typeof nonce === 'string' ? nonce : undefined })
   }
 
-  async startMachine(app: string, machineId: string, nonce?: string): Promise<{ previous_state: MachineState; migrated: boolean; new_host: string }> {
+  async startMachine(app: string, machineId: string, nonce?: string, secrets?: Record<string, string>): Promise<{ previous_state: MachineState; migrated: boolean; new_host: string }> {
     this.checkMutation(app, machineId, 'start', nonce)
     return this.enqueue(machineId, async () => {
       const machine = this.checkMutation(app, machineId, 'start', nonce)
+      if (secrets) this.storeSecrets(machineId, secrets)
       this.store.setRestartCount(machineId, 0)
       await this.runOperation(machine, 'start', { resume: machine.state === 'suspended' })
       return { previous_state: machine.state, migrated: false, new_host: '' }
@@ -268,7 +275,7 @@ export class Agent {
     })
   }
 
-  async updateMachine(app: string, machineId: string, request: UpdateMachineRequest, nonce?: string): Promise<Machine> {
+  async updateMachine(app: string, machineId: string, request: UpdateMachineRequest, nonce?: string, secrets?: Record<string, string>): Promise<Machine> {
     const current = this.checkMutation(app, machineId, 'update', nonce)
     if (request.current_version && request.current_version !== current.instanceId) {
       throw new ConflictError(`machine ${machineId} is at version ${current.instanceId}, not ${request.current_version} (current_version)`)
@@ -281,6 +288,7 @@ export class Agent {
     await this.enqueue(machineId, async () => {
       const machine = this.checkMutation(app, machineId, 'update', nonce)
       if (request.current_version && request.current_version !== machine.instanceId) throw new ConflictError(`machine ${machineId} is at version ${machine.instanceId}, not ${request.current_version} (current_version)`)
+      if (secrets) this.storeSecrets(machineId, secrets)
       const stop = this.stopParams(machine.config.stop_config, {})
       await this.runOperation(machine, 'update', { version, previousState: machine.state, skipLaunch: request.skip_launch === true, ...stop })
     })
@@ -669,9 +677,17 @@ export class Agent {
     writeGuestFile(rootfs, '/etc/hosts', etcHosts(machine), 0o644)
     writeGuestFile(rootfs, '/etc/resolv.conf', resolvConf(machine.config, this.nameservers), 0o644)
     writeGuestFile(rootfs, '/etc/hostname', `${machine.id}\n`, 0o644)
+    let secrets: Record<string, string> | undefined
     for (const file of machine.config.files ?? []) {
-      if (file.raw_value === undefined) continue
-      writeGuestFile(rootfs, file.guest_path, Buffer.from(file.raw_value, 'base64'), file.mode ?? 0o644)
+      if (file.raw_value !== undefined) {
+        writeGuestFile(rootfs, file.guest_path, Buffer.from(file.raw_value, 'base64'), file.mode ?? 0o644)
+      } else if (file.secret_name !== undefined) {
+        // reference §1.5 files[].secret_name: the secret holds the file's content, base64-encoded.
+        secrets ??= this.openSecrets(machine.id)
+        const value = secrets[file.secret_name]
+        if (value === undefined) throw new UnprocessableError(`files: ${file.guest_path} names the secret ${file.secret_name}, which the app does not have`)
+        writeGuestFile(rootfs, file.guest_path, Buffer.from(value, 'base64'), file.mode ?? 0o644)
+      }
     }
   }
 
@@ -686,7 +702,7 @@ export class Agent {
     const status = await this.options.driver.status(machine.id)
     if (status === 'running') return // an interrupted launch got this far: adopt it
     const rootfs = this.rootfsPath(machine)
-    const plan = processPlan(machine, machine.config, machine.imageConfig)
+    const plan = processPlan(machine, machine.config, machine.imageConfig, this.guestSecrets(machine))
     const dir = this.machineDir(machine.id)
     await this.options.driver.launch({
       machineId: machine.id, bundleDir: dir, rootfs, args: plan.args, env: plan.env, cwd: plan.cwd,
@@ -713,6 +729,7 @@ export class Agent {
     await this.options.images.releaseRootfs(this.machineDir(machine.id))
     rmSync(this.machineDir(machine.id), { recursive: true, force: true })
     this.store.deleteLease(machine.id)
+    this.store.deleteSecrets(machine.id)
   }
 
   /** Waits for the guest's exit; past `timeoutMs` it is killed (SIGKILL) and waited for again. */
@@ -786,6 +803,33 @@ export class Agent {
     const decision: ExitDecision = { exit, action, restartCount: restart ? machine.restartCount + 1 : machine.restartCount }
     this.logger.info('guest exited', { machine: machineId, exitCode: exit.exit_code, oomKilled: exit.oom_killed, action })
     await this.runOperation(machine, 'exit', decision as unknown as Record<string, unknown>).catch(() => undefined)
+  }
+
+  // ───────────────────────────── secrets ─────────────────────────────
+
+  private storeSecrets(machineId: string, secrets: Record<string, string>): void {
+    this.store.putSecrets(machineId, seal(this.secretsKey, Buffer.from(JSON.stringify(secrets)), Buffer.from(`machine-secrets\0${machineId}`)))
+  }
+
+  private openSecrets(machineId: string): Record<string, string> {
+    const sealed = this.store.getSecrets(machineId)
+    if (!sealed) return {}
+    try {
+      return JSON.parse(openSealed(this.secretsKey, sealed, Buffer.from(`machine-secrets\0${machineId}`)).toString('utf8')) as Record<string, string>
+    } catch (err) {
+      // The message names the Machine, never a value.
+      if (err instanceof SealedBoxError) throw new UnprocessableError(`the secrets of machine ${machineId} do not open with this host's key (${SECRETS_KEY_FILE} was replaced?); update the Machine to send them again`)
+      throw err
+    }
+  }
+
+  /** The secrets the guest's env gets (reference §1.5 processes[].secrets, ignore_app_secrets). */
+  private guestSecrets(machine: MachineRow): Record<string, string> {
+    const all = this.openSecrets(machine.id)
+    const process = machine.config.processes?.[0]
+    const env: Record<string, string> = process?.ignore_app_secrets ? {} : { ...all }
+    for (const ref of process?.secrets ?? []) if (all[ref.name] !== undefined) env[ref.env_var] = all[ref.name]!
+    return env
   }
 
   private startChecks(machine: MachineRow): void {
@@ -914,6 +958,22 @@ export class Agent {
 }
 
 // ───────────────────────────── helpers ─────────────────────────────
+
+const SECRETS_KEY_FILE = 'secrets.key'
+
+/** The host's key for Machine secrets at rest: 32 random bytes, created once, mode 0600. */
+function loadSecretsKey(path: string): Buffer {
+  try {
+    const fd = openSync(path, 'wx', 0o600)
+    try { writeSync(fd, randomKey()) } finally { closeSync(fd) }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+  }
+  chmodSync(path, 0o600)
+  const key = readFileSync(path)
+  if (key.length !== 32) throw new InvalidArgumentError(`${path} must hold a 32-byte key, not ${key.length} bytes`)
+  return key
+}
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms))
 

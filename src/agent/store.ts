@@ -131,6 +131,7 @@ CREATE TABLE IF NOT EXISTS operation_steps (
 );
 CREATE INDEX IF NOT EXISTS operation_steps_op ON operation_steps(operation_id, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS machine_secrets (machine_id TEXT PRIMARY KEY, sealed BLOB NOT NULL, updated_at INTEGER NOT NULL);
 `
 
 interface MachineDbRow {
@@ -310,6 +311,19 @@ export class AgentStore {
 
   steps(operationId: string): StepRecord[] {
     return this.statements.steps.all(operationId) as StepRecord[]
+  }
+
+  /** A Machine's app secrets, sealed by the agent (never stored or logged in the clear). */
+  putSecrets(machineId: string, sealed: Buffer): void {
+    this.db.prepare('INSERT INTO machine_secrets (machine_id, sealed, updated_at) VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at').run(machineId, sealed, Date.now())
+  }
+
+  getSecrets(machineId: string): Buffer | undefined {
+    return (this.db.prepare('SELECT sealed FROM machine_secrets WHERE machine_id = ?').get(machineId) as { sealed: Buffer } | undefined)?.sealed
+  }
+
+  deleteSecrets(machineId: string): void {
+    this.db.prepare('DELETE FROM machine_secrets WHERE machine_id = ?').run(machineId)
   }
 
   transaction<T>(fn: () => T): T {
