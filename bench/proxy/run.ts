@@ -6,7 +6,7 @@
 // Every server listens on 127.0.0.1 with temp configs and is stopped at the end, also on failure.
 // Options (env): RUNS (default 3), SECONDS (default 5), CONNECTIONS (default 50), IDLE (10000).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises'
+import { chmod, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -154,6 +154,7 @@ async function idleMemory(target: Target): Promise<number> {
 
 async function main(): Promise<void> {
   workDir = await mkdtemp(join(tmpdir(), 'hangar-bench-proxy-'))
+  await chmod(workDir, 0o755) // nginx workers (not root) read big.bin from here
   const backendPort = await freePort()
   const small = 'hello world\n'
   const big = Buffer.alloc(16 * 1024 * 1024, 120)

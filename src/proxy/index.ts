@@ -1,6 +1,6 @@
 // Front door of src/proxy: `hangar proxy` (DESIGN "Proxy", issue 3).
 export { startProxy, DEFAULT_MAX_HEADER_BYTES, type ProxyOptions, type RunningProxy, type ListeningPort } from './proxy.js'
-export { runProxyProcess, parseProxyArgs, type ProxyProcessOptions } from './process.js'
+export { runProxyProcess, parseProxyArgs, proxyOptionsFromFlags, FileRouteSource, PROXY_USAGE, type ProxyProcessOptions, type ProxyProcessFlags } from './process.js'
 export { pickCandidate, loadBucket, type BalancerCandidate } from './balancer.js'
 export { decideAutostop, type AutostopGroup, type AutostopMachine, type AutostopAction } from './autostop.js'
 export { normaliseService, normaliseServices, normaliseAutostop, DEFAULT_SOFT_LIMIT, type ServiceSpec, type PortSpec, type HandlerName } from './services.js'
