@@ -242,6 +242,15 @@ describe('proxy: HTTP', () => {
     await waitFor(async () => { try { await get('/', 'anything', {}, newPort); return false } catch { return true } }, 1000, 'the port to close')
   })
 
+  it('a Machine that refuses connections is a 502 and an upstream error, not a hang', async () => {
+    harness.source.upsert(machineRoute({ machineId: 'dead1', app: 'dead', address: loopbackAddress(), services: [httpService(port)] }))
+    const res = await get('/', `dead.${domain}`)
+    assert.equal(res.status, 502)
+    assert.match(res.text, /could not connect to the Machine dead1 \(ECONNREFUSED\)/)
+    assert.equal(proxy.metrics.app('dead').upstreamErrors, 1)
+    harness.source.remove('dead1')
+  })
+
   it('serves Prometheus metrics', async () => {
     const res = await request(`http://127.0.0.1:${proxy.metricsAddress!.port}/metrics`)
     const text = await res.body.text()

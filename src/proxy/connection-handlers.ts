@@ -37,23 +37,26 @@ export class ConnectionHandlers {
     const bindings = this.ctx.table.ports.get(port)
     if (bindings === undefined || bindings.length === 0 || this.ctx.closing) { socket.destroy(); return }
     socket.on('error', () => { /* the handler's close path deals with it */ })
-    const single = bindings.length === 1 ? bindings[0]!.app : undefined
-    if (single !== undefined) {
-      const counters = this.ctx.metrics.app(single)
-      counters.connections++
-      counters.connectionsOpen++
-      socket.once('close', () => { counters.connectionsOpen-- })
-    }
+    // Connections count per app where the port names one; shared ports count after SNI.
+    if (bindings.length === 1) this.countConnection(socket, bindings[0]!.app)
     if (bindings.some((b) => b.port.handlers.includes('pg_tls'))) { this.postgresPreamble(socket, port); return }
     if (bindings.some((b) => b.port.handlers.includes('tls'))) { this.terminateTls(socket, port); return }
     if (bindings.some((b) => b.port.handlers.includes('http'))) { new Http1Connection(this.ctx, this.pool, socket, { port, tls: false }); return }
     this.forward(socket, bindings[0]!, { port, tls: false })
   }
 
+  private countConnection(socket: net.Socket, app: string): void {
+    const counters = this.ctx.metrics.app(app)
+    counters.connections++
+    counters.connectionsOpen++
+    socket.once('close', () => { counters.connectionsOpen-- })
+  }
+
   private afterTls(socket: tls.TLSSocket, port: number): void {
     const servername = typeof socket.servername === 'string' ? socket.servername : ''
     const binding = bindingForHost(this.ctx.table, port, servername, false)
     if (binding === undefined) { socket.destroy(); return }
+    if ((this.ctx.table.ports.get(port)?.length ?? 0) > 1) this.countConnection(socket, binding.app) // SNI told the app apart
     const listen: ListenInfo = { port, tls: true }
     if (binding.port.handlers.includes('http')) {
       if (socket.alpnProtocol === 'h2') this.ctx.http2.accept(socket, listen)

@@ -34,6 +34,8 @@ export class UpstreamConn implements Poolable {
   idleSince = 0
   /** It served a response before: a failure before any byte may be a stale keep-alive. */
   reused = false
+  connected = false
+  error = ''
   constructor(socket: net.Socket, key: string) {
     this.socket = socket
     this.key = key
@@ -42,7 +44,8 @@ export class UpstreamConn implements Poolable {
       else socket.destroy() // an idle pooled connection must not speak
     })
     socket.on('drain', () => this.owner?.onUpstreamDrain())
-    socket.on('error', () => { /* 'close' follows and carries the outcome */ })
+    socket.once('connect', () => { this.connected = true })
+    socket.on('error', (err: NodeJS.ErrnoException) => { this.error = err.code ?? err.message /* 'close' follows */ })
     socket.on('close', () => this.owner?.onUpstreamClose(this))
   }
   get destroyed(): boolean { return this.socket.destroyed }
@@ -565,7 +568,10 @@ export class Http1Connection {
         this.replayBody = undefined
         return
       }
-      this.upstreamFailed(this.responseBytes === 0 ? `the Machine ${this.entry?.machineId ?? ''} closed the connection without a response` : 'the Machine closed the connection mid-response head')
+      const machine = this.entry?.machineId ?? ''
+      this.upstreamFailed(!upstream.connected
+        ? `could not connect to the Machine ${machine} (${upstream.error || 'closed'})`
+        : this.responseBytes === 0 ? `the Machine ${machine} closed the connection without a response` : `the Machine ${machine} closed the connection mid-response head`)
       return
     }
     if (this.resFramer.mode === 'close') {

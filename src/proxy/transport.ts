@@ -17,9 +17,15 @@ export interface Transport {
   connect(target: UpstreamTarget): net.Socket
 }
 
+/** A Machine that does not accept within this long is an upstream error (502 / close), not a
+ * request that hangs for the OS's minutes-long connect timeout. */
+export const CONNECT_TIMEOUT_MS = 5000
+
 export class LocalTransport implements Transport {
   connect(target: UpstreamTarget): net.Socket {
     const socket = net.connect({ host: target.host, port: target.port, noDelay: true })
+    socket.setTimeout(CONNECT_TIMEOUT_MS, () => socket.destroy(new Error(`connect to ${target.host}:${target.port} timed out`)))
+    socket.once('connect', () => socket.setTimeout(0))
     return socket
   }
 }
