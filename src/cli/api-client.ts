@@ -3,6 +3,12 @@ import type { App, CreateMachineRequest, ExecResponse, Machine, MachineEvent, Up
 // The CLI's client for the Machines API, typed by the same wire types the server uses
 // (CONVENTIONS §3: the CLI and the server cannot drift).
 
+export interface OrgView { slug: string; name: string; network: number; created_at: string; members: number }
+export interface CreatedToken { token: string; id: string; kind: string; org_slug: string; app_name?: string; machine_id?: string; expires_at: string }
+export interface IssuedTokenView { id: string; kind: string; org_slug: string; name: string; created_at: string; expires_at: string; app_name?: string; machine_id?: string; member?: string; revoked: boolean; revoked_at?: string }
+export interface SecretView { name: string; digest: string; created_at: string; updated_at: string }
+export interface ReleaseView { id: string; app: string; version: number; image: string; status: 'pending' | 'running' | 'complete' | 'failed' | 'rolled_back'; strategy: string; description: string; error?: string; created_at: string; updated_at: string }
+
 export class ApiError extends Error {
   /** `code` is Hangar's stable error code (the envelope's `code`), e.g. not_found, illegal_state. */
   constructor(readonly status: number, readonly code: string | undefined, message: string) {
@@ -63,6 +69,29 @@ export class ApiClient {
     return this.request<WaitResponse>('GET', this.machinePath(app, id, `/wait?state=${encodeURIComponent(state)}&timeout=${timeoutSeconds}${version ? `&version=${encodeURIComponent(version)}` : ''}`))
   }
   events(app: string, id: string) { return this.request<MachineEvent[]>('GET', this.machinePath(app, id, '/events')) }
+  cordonMachine(app: string, id: string) { return this.request<unknown>('POST', this.machinePath(app, id, '/cordon')) }
+  uncordonMachine(app: string, id: string) { return this.request<unknown>('POST', this.machinePath(app, id, '/uncordon')) }
+  setMetadata(app: string, id: string, key: string, value: string) { return this.request<unknown>('POST', this.machinePath(app, id, `/metadata/${encodeURIComponent(key)}`), { value }) }
+
+  platformRegions() { return this.request<{ nearest: string; regions: Array<{ code: string }> }>('GET', '/v1/platform/regions') }
+
+  // ── orgs, tokens, secrets, releases (issue 5) ──
+  listOrgs() { return this.request<{ orgs: OrgView[] }>('GET', '/v1/orgs') }
+  createOrg(slug: string, options: { name?: string; member?: string } = {}) { return this.request<OrgView & { token: string; token_id: string; expires_at: string }>('POST', '/v1/orgs', { slug, ...options }) }
+  listMembers(org: string) { return this.request<{ members: Array<{ name: string; role: string; created_at: string }> }>('GET', `/v1/orgs/${encodeURIComponent(org)}/members`) }
+  addMember(org: string, name: string, role?: string) { return this.request<{ name: string; role: string; token: string; token_id: string; expires_at: string }>('POST', `/v1/orgs/${encodeURIComponent(org)}/members`, { name, ...(role ? { role } : {}) }) }
+  removeMember(org: string, name: string) { return this.request<{ removed: string; revoked_tokens: number }>('DELETE', `/v1/orgs/${encodeURIComponent(org)}/members/${encodeURIComponent(name)}`) }
+  createToken(request: { kind: string; org_slug?: string; app_name?: string; machine_id?: string; commands?: string[][]; expiry?: string; name?: string }) {
+    return this.request<CreatedToken>('POST', '/v1/tokens', request)
+  }
+  listTokens(org?: string) { return this.request<{ tokens: IssuedTokenView[] }>('GET', `/v1/tokens${org ? `?org_slug=${encodeURIComponent(org)}` : ''}`) }
+  revokeToken(target: { token_id?: string; token?: string }) { return this.request<{ revoked: string; org_slug: string; nodes: string[] }>('POST', '/v1/tokens/revoke', target) }
+  currentTokens() { return this.request<{ tokens: Array<{ token_id?: string; org_slug: string; organization: string; apps: string[]; restricted_to_machine?: string }> }>('GET', '/v1/tokens/current') }
+  listSecrets(app: string) { return this.request<{ secrets: SecretView[]; version: number }>('GET', `/v1/apps/${encodeURIComponent(app)}/secrets`) }
+  updateSecrets(app: string, values: Record<string, string | null>) { return this.request<{ secrets: SecretView[]; version: number }>('POST', `/v1/apps/${encodeURIComponent(app)}/secrets`, { values }) }
+  listReleases(app: string, limit?: number) { return this.request<{ releases: ReleaseView[] }>('GET', `/v1/apps/${encodeURIComponent(app)}/releases${limit ? `?limit=${limit}` : ''}`) }
+  createRelease(app: string, body: { image: string; strategy: string; description?: string }) { return this.request<ReleaseView>('POST', `/v1/apps/${encodeURIComponent(app)}/releases`, body) }
+  updateRelease(app: string, id: string, body: { status: ReleaseView['status']; error?: string }) { return this.request<ReleaseView>('PATCH', `/v1/apps/${encodeURIComponent(app)}/releases/${encodeURIComponent(id)}`, body) }
 
   /** Streams an app's log lines as NDJSON until `signal` aborts. */
   async streamLogs(app: string, onLine: (line: LogLine) => void, signal?: AbortSignal): Promise<void> {

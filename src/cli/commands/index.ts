@@ -4,8 +4,16 @@ import { registerUp } from './up.js'
 import { registerApps } from './apps.js'
 import { registerMachines } from './machines.js'
 import { registerLogs } from './logs.js'
+import { registerOrgs } from './orgs.js'
+import { registerTokens } from './tokens.js'
+import { registerSecrets } from './secrets.js'
+import { registerLaunch } from './launch.js'
+import { registerDeploy } from './deploy.js'
+import { registerScale } from './scale.js'
+import { registerStatus } from './status.js'
+import { registerReleases } from './releases.js'
 
 // Every `hangar` subcommand group registers itself here; one line per part.
 export type RegisterCommands = (program: Command) => void
 
-export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs]
+export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]
