@@ -28,6 +28,8 @@ export class ApiStore {
     this.db = new Database(path)
     this.db.pragma('journal_mode = WAL')
     this.db.pragma('synchronous = NORMAL')
+    // Several API processes may share one store (one data dir): writers wait for each other.
+    this.db.pragma('busy_timeout = 5000')
     this.db.exec(SCHEMA)
   }
 
