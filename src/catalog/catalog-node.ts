@@ -298,7 +298,7 @@ export async function startCatalogNode(options: CatalogNodeOptions): Promise<Cat
     }
     try {
       switch (datagram.kind) {
-        case DatagramKind.Swim: handleSwim(swim.receive(from, datagram.message, Date.now())); break
+        case DatagramKind.Swim: handleSwim(swim.receive(from, datagram.message, performance.now())); break
         case DatagramKind.Changes: disseminator.onChanges(from, datagram.hopsLeft, datagram.chunkIndex, datagram.chunkCount, datagram.changeset, buffer); break
         case DatagramKind.Announce: disseminator.onAnnounce(from, datagram.siteId, datagram.version); break
       }
@@ -312,9 +312,10 @@ export async function startCatalogNode(options: CatalogNodeOptions): Promise<Cat
   // Members remembered from earlier runs help a restarted node find the cluster again.
   const remembered = store.readMembers().filter((m) => m.siteId !== siteHex && m.addr).map((m) => m.addr)
   const bootstrap = [...new Set([...(options.bootstrap ?? []), ...remembered])].filter((addr) => addr !== gossipAddr)
-  handleSwim(swim.join(bootstrap, Date.now()))
+  handleSwim(swim.join(bootstrap, performance.now()))
 
-  const swimTimer = setInterval(() => { if (!closed) handleSwim(swim.tick(Date.now())) }, 20)
+  // SWIM runs on the monotonic clock (sub-millisecond RTTs on a LAN); incarnations use wall time.
+  const swimTimer = setInterval(() => { if (!closed) handleSwim(swim.tick(performance.now())) }, 20)
   const housekeeping = setInterval(() => {
     if (closed) return
     disseminator.expire()

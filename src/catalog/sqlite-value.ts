@@ -33,7 +33,7 @@ function compareNumeric(a: bigint | number, b: bigint | number): number {
     else if (int > floorBig) result = 1
     else result = floor === real ? 0 : -1
   }
-  return flip ? -result : result
+  return flip && result !== 0 ? -result : result
 }
 
 function compareBytes(a: Uint8Array, b: Uint8Array): number {

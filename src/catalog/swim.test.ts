@@ -204,7 +204,7 @@ describe('SWIM state machine', () => {
   })
 
   it('a slow (high RTT) link is not declared down: the ack timeout follows the measured RTT', () => {
-    const net = new SimNetwork(seededRandom(5), { protocolPeriodMs: 1000 })
+    const net = new SimNetwork(seededRandom(5))
     net.latencyMs = 150
     net.start('a', [])
     net.start('b', ['a'])

@@ -106,6 +106,8 @@ export const DEFAULT_SWIM_CONFIG: SwimConfig = {
 interface Member extends MemberView {
   stateSince: number
   lastDownNoticeAt: number
+  rttSamples: number[]
+  lastRttProbeAt: number
 }
 
 interface Probe {
@@ -135,6 +137,7 @@ export class SwimMachine {
   private probeOrder: string[] = []
   private nextProbeAt = 0
   private nextAnnounceAt = 0
+  private nextRttProbeAt = 0
   private seq = 0
   private readonly relays = new Map<number, Relay>()
   /** Pings sent only to measure RTT (to a member just met): seq → [member id, sent at]. */
@@ -201,6 +204,7 @@ export class SwimMachine {
     const out: SwimOutput[] = []
     this.advanceProbe(now, out)
     if (!this.probe && now >= this.nextProbeAt) this.startProbe(now, out)
+    if (now >= this.nextRttProbeAt) this.probeRtt(now, out)
     for (const member of this.members.values()) {
       if (member.state === 'suspect' && now - member.stateSince >= this.config.suspicionTimeoutMs) {
         this.setState(member, 'down', member.incarnation, now, out)
@@ -257,8 +261,10 @@ export class SwimMachine {
     this.nextProbeAt = now + this.config.protocolPeriodMs
     const target = this.nextProbeTarget()
     if (!target) return
-    const rtt = target.rttMs ?? 0
-    const directTimeout = Math.min(Math.max(this.config.ackTimeoutMs, Math.ceil(rtt * 3)), Math.floor(this.config.protocolPeriodMs * 0.8))
+    // The direct ack may take 3 RTTs (a busy peer); until the RTT is known, be generous so a far
+    // peer met a moment ago is not suspected for being far.
+    const cap = Math.floor(this.config.protocolPeriodMs * 0.8)
+    const directTimeout = target.rttMs === null ? Math.max(this.config.ackTimeoutMs, cap) : Math.min(Math.max(this.config.ackTimeoutMs, Math.ceil(target.rttMs * 3)), cap)
     const seq = this.nextSeq()
     this.probe = {
       targetId: target.id,
@@ -329,6 +335,25 @@ export class SwimMachine {
     }
   }
 
+  /** Besides failure detection, one extra ping per period to the member whose RTT is least
+   * known: dissemination ranks peers by RTT, and round-robin alone refreshes each member only
+   * once per n periods. */
+  private probeRtt(now: number, out: SwimOutput[]): void {
+    let best: Member | undefined
+    for (const member of this.members.values()) {
+      if (member.state !== 'alive') continue
+      if (!best || member.rttSamples.length < best.rttSamples.length || (member.rttSamples.length === best.rttSamples.length && member.lastRttProbeAt < best.lastRttProbeAt)) best = member
+    }
+    // Until every member has a few samples, probe quickly: a single sample taken while a process
+    // was busy (start-up) would put a near peer in a far ring.
+    this.nextRttProbeAt = now + (best && best.rttSamples.length < 3 ? Math.min(50, this.config.protocolPeriodMs) : this.config.protocolPeriodMs)
+    if (!best) return
+    best.lastRttProbeAt = now
+    const seq = this.nextSeq()
+    this.rttProbes.set(seq, { id: best.id, sentAt: now })
+    out.push(this.send(best.addr, { type: 'ping', seq, from: this.self, updates: [] }))
+  }
+
   // ── membership updates ───────────────────────────────────────────────────────────────────
 
   private applyUpdate(update: MemberUpdate, now: number, out: SwimOutput[], directFromAddr?: string): void {
@@ -342,7 +367,7 @@ export class SwimMachine {
     }
     const existing = this.members.get(update.id)
     if (!existing) {
-      const member: Member = { ...update, meta: { ...update.meta }, rttMs: null, stateSince: now, lastDownNoticeAt: -Infinity }
+      const member: Member = { ...update, meta: { ...update.meta }, rttMs: null, rttSamples: [], lastRttProbeAt: now, stateSince: now, lastDownNoticeAt: -Infinity }
       if (directFromAddr && update.state === 'alive') member.addr = update.addr || directFromAddr
       this.members.set(update.id, member)
       if (update.state !== 'down') {
@@ -374,7 +399,7 @@ export class SwimMachine {
     if (before === state) return
     member.state = state
     member.stateSince = now
-    if (state === 'down') { member.rttMs = null; if (this.probe?.targetId === member.id) this.probe = null }
+    if (state === 'down') { member.rttMs = null; member.rttSamples = []; if (this.probe?.targetId === member.id) this.probe = null }
     const type: MemberEventType = state === 'down' ? 'down' : state === 'suspect' ? 'suspect' : before === 'down' ? 'up' : 'alive'
     out.push({ kind: 'event', event: { type, member: view(member) } })
   }
@@ -440,8 +465,13 @@ export class SwimMachine {
   pendingGossip(): number { return this.gossip.size }
 }
 
+/** RTT is the minimum of the last few samples: a busy process answering late says nothing
+ * about the network, and the rings must not flap with scheduling noise. */
+const RTT_SAMPLES = 8
 function recordRtt(member: Member, sample: number): void {
-  member.rttMs = member.rttMs === null ? sample : member.rttMs * 0.7 + sample * 0.3
+  member.rttSamples.push(Math.max(0, sample))
+  if (member.rttSamples.length > RTT_SAMPLES) member.rttSamples.shift()
+  member.rttMs = Math.min(...member.rttSamples)
 }
 
 function view(member: Member): MemberView {

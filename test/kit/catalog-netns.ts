@@ -89,10 +89,20 @@ export async function createNetnsLab(count: number): Promise<NetnsLab> {
         const peers = nodes.filter((n) => n !== node).map((n) => n.ip).join(', ')
         await sh('ip', ['netns', 'exec', node.netns, 'nft', '-f', '-'], `
           table inet ${table} {
-            set peers { type ipv4_addr; elements = { ${peers} } }
-            chain input { type filter hook input priority 0; policy accept; ip saddr @peers drop }
-            chain output { type filter hook output priority 0; policy accept; ip daddr @peers drop }
-          }`)
+            set peers {
+              type ipv4_addr
+              elements = { ${peers} }
+            }
+            chain input {
+              type filter hook input priority 0; policy accept;
+              ip saddr @peers drop
+            }
+            chain output {
+              type filter hook output priority 0; policy accept;
+              ip daddr @peers drop
+            }
+          }
+`)
       },
       async heal(node) {
         await sh('ip', ['netns', 'exec', node.netns, 'nft', 'delete', 'table', 'inet', table]).catch(() => {})
