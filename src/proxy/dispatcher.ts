@@ -190,14 +190,25 @@ export class Dispatcher {
     state.starting = target
     this.options.metrics.app(group.app).autostarts++
     this.options.logger.info('autostart', { app: group.app, machineId: target.machineId, region: target.route.region })
+    // A start that never finishes must not block every later one.
+    const watchdog = setTimeout(() => {
+      if (state.starting === target) {
+        state.starting = undefined
+        target.startFailedAt = Date.now()
+        this.options.logger.warn('autostart timed out', { app: group.app, machineId: target.machineId, timeoutMs: this.options.limits.startTimeoutMs })
+      }
+    }, this.options.limits.startTimeoutMs)
+    watchdog.unref()
     this.options.controller.start(group.app, target.machineId).then(
       () => {
+        clearTimeout(watchdog)
         state.starting = undefined
         target.startedLocallyAt = Date.now()
         target.stoppingSince = 0
         this.options.table.touch(group)
       },
       (err: unknown) => {
+        clearTimeout(watchdog)
         state.starting = undefined
         target.startFailedAt = Date.now()
         this.options.metrics.app(group.app).upstreamErrors++

@@ -122,6 +122,14 @@ export class Http1Connection {
 
   /** Called about once a second: slow heads (slowloris) and idle keep-alive connections end. */
   sweep(now: number): void {
+    if (this.phase === Phase.Forwarding && !this.reqFramer.done && now - this.lastActivity > this.idleTimeoutMs) {
+      // A request body that stopped arriving must not hold the Machine's capacity forever.
+      this.ctx.metrics.refuse(this.binding?.app ?? '-', 'headers_timeout')
+      this.releaseEntry()
+      this.phase = Phase.Closed
+      this.socket.destroy()
+      return
+    }
     if (this.phase !== Phase.Head) return
     if (this.pending !== undefined && this.pending.length > 0) {
       if (now - this.headStartedAt > this.headersTimeoutMs) {

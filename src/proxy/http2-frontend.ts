@@ -29,6 +29,8 @@ export class Http2Frontend implements Http2Handoff {
   constructor(ctx: ProxyContext) {
     this.ctx = ctx
     this.server = http2.createServer({ maxHeaderListPairs: 256, maxSendHeaderBlockLength: 64 * 1024 })
+    // An HTTP/2 connection with no activity for two minutes is closed (idle sessions, stalled bodies).
+    this.server.setTimeout(120_000)
     this.server.on('session', (session) => {
       this.sessions.add(session)
       session.on('close', () => this.sessions.delete(session))
@@ -125,8 +127,15 @@ export class Http2Frontend implements Http2Handoff {
       const replayHeader = response.headers['fly-replay']
       const contentType = String(response.headers['content-type'] ?? '')
       if (replayHeader === undefined && !contentType.startsWith(REPLAY_CONTENT_TYPE)) {
-        await this.sendResponse(stream, response, binding.port.http, requestId)
-        ctx.dispatcher.release(entry, group)
+        try {
+          await this.sendResponse(stream, response, binding.port.http, requestId)
+        } catch (err) {
+          ctx.metrics.app(group.app).upstreamErrors++
+          if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)
+          ctx.logger.warn('response from the Machine failed mid-stream', { app: group.app, machineId: entry.machineId, error: err })
+        } finally {
+          ctx.dispatcher.release(entry, group)
+        }
         return
       }
       // fly-replay: drop this answer, re-deliver the request where it says.

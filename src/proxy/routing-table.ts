@@ -105,6 +105,8 @@ export class RoutingTable {
   /** lower-case hostname → app. */
   readonly hostnames = new Map<string, string>()
   private readonly machines = new Map<string, MachineRoute>()
+  /** app → its Machines, so a change rebuilds one app without scanning every Machine. */
+  private readonly machinesByApp = new Map<string, Map<string, MachineRoute>>()
   private readonly appRoutes = new Map<string, AppRoute>()
   private readonly entries = new Map<string, MachineEntry>()
   private readonly options: RoutingTableOptions
@@ -125,20 +127,21 @@ export class RoutingTable {
       case 'snapshot':
         for (const app of this.apps.keys()) touched.add(app)
         this.machines.clear()
+        this.machinesByApp.clear()
         this.appRoutes.clear()
-        for (const machine of change.machines) { this.machines.set(machine.machineId, machine); touched.add(machine.app) }
+        for (const machine of change.machines) { this.setMachine(machine); touched.add(machine.app) }
         for (const app of change.apps) { this.appRoutes.set(app.app, app); touched.add(app.app) }
         break
       case 'upsert': {
         const previous = this.machines.get(change.machine.machineId)
-        if (previous && previous.app !== change.machine.app) touched.add(previous.app)
-        this.machines.set(change.machine.machineId, change.machine)
+        if (previous && previous.app !== change.machine.app) { touched.add(previous.app); this.deleteMachine(previous) }
+        this.setMachine(change.machine)
         touched.add(change.machine.app)
         break
       }
       case 'remove': {
         const previous = this.machines.get(change.machineId)
-        if (previous) { this.machines.delete(change.machineId); touched.add(previous.app) }
+        if (previous) { this.deleteMachine(previous); touched.add(previous.app) }
         break
       }
       case 'app':
@@ -149,6 +152,20 @@ export class RoutingTable {
     for (const app of touched) this.rebuildApp(app)
     this.rebuildIndexes()
     this.options.onChange?.()
+  }
+
+  private setMachine(machine: MachineRoute): void {
+    this.machines.set(machine.machineId, machine)
+    let byId = this.machinesByApp.get(machine.app)
+    if (byId === undefined) { byId = new Map(); this.machinesByApp.set(machine.app, byId) }
+    byId.set(machine.machineId, machine)
+  }
+
+  private deleteMachine(machine: MachineRoute): void {
+    this.machines.delete(machine.machineId)
+    const byId = this.machinesByApp.get(machine.app)
+    byId?.delete(machine.machineId)
+    if (byId?.size === 0) this.machinesByApp.delete(machine.app)
   }
 
   /** Re-reads RTTs (the cluster's measurements change them). */
@@ -172,16 +189,23 @@ export class RoutingTable {
   }
 
   private rebuildApp(app: string): void {
-    const machines = [...this.machines.values()].filter((m) => m.app === app)
+    const machines = [...(this.machinesByApp.get(app)?.values() ?? [])]
     const appRoute = this.appRoutes.get(app)
     const previous = this.apps.get(app)
     if (machines.length === 0 && !appRoute) {
-      if (previous) for (const group of previous.groups.values()) this.dropGroup(group)
+      if (previous) {
+        for (const group of previous.groups.values()) {
+          for (const entry of group.machines) if (entry.route.app === app) this.entries.delete(entry.key)
+          this.dropGroup(group)
+        }
+      }
       this.apps.delete(app)
       return
     }
     const groups = new Map<string, ServiceGroup>()
     const seenEntries = new Set<string>()
+    const previousEntries: MachineEntry[] = []
+    if (previous) for (const group of previous.groups.values()) previousEntries.push(...group.machines)
     // The newest Machine's config decides group-wide settings (ports, autostop, autostart).
     machines.sort((a, b) => b.updatedAt - a.updatedAt)
     for (const machine of machines) {
@@ -224,9 +248,8 @@ export class RoutingTable {
     if (previous) {
       for (const [key, group] of previous.groups) if (!groups.has(key)) this.dropGroup(group)
     }
-    for (const [key, entry] of this.entries) {
-      if (entry.route.app === app && !seenEntries.has(key)) this.entries.delete(key)
-    }
+    // Entries of Machines that left the app (unless another app took the Machine over meanwhile).
+    for (const entry of previousEntries) if (!seenEntries.has(entry.key) && entry.route.app === app) this.entries.delete(entry.key)
     for (const group of groups.values()) group.refreshRoutable()
     this.apps.set(app, { app, org: appRoute?.org ?? machines[0]?.org ?? '', hostnames: appRoute?.hostnames ?? [], groups })
     for (const group of groups.values()) for (const listener of this.groupListeners) listener(group)
