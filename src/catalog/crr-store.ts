@@ -71,6 +71,21 @@ export interface CrrStoreOptions {
 }
 
 export const MEMBERS_TABLE = '__corro_members'
+
+/** Per table, the packed primary keys a commit changed (hex → pk); tables absent from the map
+ * (or a missing map) changed in ways not tracked by key. */
+export type ChangedKeys = ReadonlyMap<string, ReadonlyMap<string, Buffer>>
+export type CommitListener = (changedTables: ReadonlySet<string>, changedKeys?: ChangedKeys) => void
+
+function keysOf(changes: ChangeRecord[]): ChangedKeys {
+  const out = new Map<string, Map<string, Buffer>>()
+  for (const change of changes) {
+    let keys = out.get(change.table)
+    if (!keys) { keys = new Map(); out.set(change.table, keys) }
+    keys.set(change.pk.toString('hex'), change.pk)
+  }
+  return out
+}
 const CHANGES_VIEW = 'crsql_changes'
 const ALLOWED_WRITE_KEYWORDS = new Set(['INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'WITH', 'SELECT', 'VALUES'])
 const ALLOWED_QUERY_KEYWORDS = new Set(['SELECT', 'WITH', 'VALUES'])
@@ -238,7 +253,7 @@ export class CrrStore {
   private capturing = false
   private pendingVersion = 0
   private nextSeq = 0
-  private readonly commitListeners = new Set<(changedTables: ReadonlySet<string>) => void>()
+  private readonly commitListeners = new Set<CommitListener>()
   private writableRootPages = new Map<number, string>()
   private rootPagesByNumber: Map<number, string> | null = null
   private readonly writeStatements = new Map<string, Statement>()
@@ -508,7 +523,7 @@ export class CrrStore {
       this.stats.localTransactions++
       outcome.version = (changeset as Changeset).version
       outcome.changeset = changeset
-      this.emitCommit(new Set((changeset as Changeset).changes.map((c) => c.table)))
+      this.emitCommit(new Set((changeset as Changeset).changes.map((c) => c.table)), keysOf((changeset as Changeset).changes))
     }
     return outcome
   }
@@ -519,7 +534,9 @@ export class CrrStore {
 
   private collectChanges(siteId: Buffer, from: number, to: number): Array<{ version: number; change: ChangeRecord }> {
     const out: Array<{ version: number; change: ChangeRecord }> = []
-    for (const runtime of this.runtimes.values()) out.push(...runtime.changes(siteId, from, to))
+    for (const runtime of this.runtimes.values()) {
+      for (const change of runtime.changes(siteId, from, to)) out.push(change)
+    }
     out.sort((a, b) => a.version - b.version || a.change.seq - b.change.seq)
     return out
   }
@@ -554,6 +571,7 @@ export class CrrStore {
       return ranges
     }
     const deferredVersions = new Map<string, RangeSet>()
+    const changedKeys = new Map<string, Map<string, Buffer>>()
     this.db.transaction(() => {
       for (const changeset of changesets) {
         const site = changeset.siteId.toString('hex')
@@ -573,6 +591,9 @@ export class CrrStore {
               if (this.mergeChange(change, changeset.siteId, changeset.version)) {
                 outcome.changesApplied++
                 outcome.changedTables.add(change.table)
+                let keys = changedKeys.get(change.table)
+                if (!keys) { keys = new Map(); changedKeys.set(change.table, keys) }
+                keys.set(change.pk.toString('hex'), change.pk)
               }
             }
           })()
@@ -599,7 +620,7 @@ export class CrrStore {
     for (const [site, ranges] of updated) this.known.set(site, ranges)
     this.stats.changesetsApplied += outcome.versionsApplied
     this.stats.changesApplied += outcome.changesApplied
-    if (outcome.changedTables.size > 0) this.emitCommit(outcome.changedTables)
+    if (outcome.changedTables.size > 0) this.emitCommit(outcome.changedTables, changedKeys)
     return outcome
   }
 
@@ -741,14 +762,14 @@ export class CrrStore {
   // ── events and lifecycle ───────────────────────────────────────────────────────────────────
 
   /** Called after every commit that changed tables (local transactions, merges, members). */
-  onCommit(listener: (changedTables: ReadonlySet<string>) => void): () => void {
+  onCommit(listener: CommitListener): () => void {
     this.commitListeners.add(listener)
     return () => this.commitListeners.delete(listener)
   }
 
-  private emitCommit(tables: ReadonlySet<string>): void {
+  private emitCommit(tables: ReadonlySet<string>, keys?: ChangedKeys): void {
     for (const listener of this.commitListeners) {
-      try { listener(tables) } catch (err) { this.logger.error('commit listener failed', { err }) }
+      try { listener(tables, keys) } catch (err) { this.logger.error('commit listener failed', { err }) }
     }
   }
 

@@ -1,13 +1,17 @@
 import { randomUUID } from 'node:crypto'
 import { InvalidArgumentError, NotFoundError, PreconditionFailedError, type Logger, silentLogger } from '../core/index.js'
-import { describeValue, MEMBERS_TABLE, type CrrStore, type StatementInput } from './crr-store.js'
+import { describeValue, MEMBERS_TABLE, type ChangedKeys, type CrrStore, type StatementInput } from './crr-store.js'
+import { unpackColumns } from './packed-columns.js'
+import { quoteIdentifier, stripComments } from './sql-text.js'
 import { sqlRowToJsonText, type SqlValue } from './sqlite-value.js'
 
 // SQL subscriptions (reference §5.3, `POST /v1/subscriptions`): a query's rows, then a change
 // event each time a committed write (local or merged) changes its result. A subscription
 // re-runs its query after commits that touch the tables it reads (found from its program's
 // OpenRead opcodes) and diffs the result by row identity: the primary keys of the tables whose
-// keys appear among the result columns (or, if none do, the whole row). Each row keeps a stable
+// keys appear among the result columns (or, if none do, the whole row). A query over one table
+// that returns the table's key (the proxy's `SELECT … FROM machines`) is refreshed
+// incrementally: only the rows whose keys the commit touched are read again. Each row keeps a stable
 // rowid for the subscription's life; each change gets the next change_id, and the last
 // `maxLogEntries` changes are kept so a client can resume with `from=<change_id>`.
 
@@ -44,6 +48,10 @@ export class Subscription {
   private log: ChangeLine[] = []
   private readonly listeners = new Set<(line: ChangeLine) => void>()
   private readonly identityIndexes: number[] | null
+  /** Set when the subscription can be refreshed by key: its one table and key column names. */
+  private readonly incremental: { table: string; keyColumns: string[] } | null
+  private pendingFull = false
+  private readonly pendingKeys = new Map<string, SqlValue[]>()
   lastActive = Date.now()
   dirty = false
 
@@ -53,6 +61,7 @@ export class Subscription {
     this.columns = info.map((c) => c.name)
     this.tables = store.tablesReadBy(statement.sql, this.args())
     this.identityIndexes = identityColumns(store, info)
+    this.incremental = incrementalPlan(store, statement, this.tables, info, this.identityIndexes)
     for (const values of this.query()) {
       const key = this.identity(values)
       if (this.rows.has(key)) continue
@@ -101,14 +110,42 @@ export class Subscription {
     }
   }
 
-  /** Re-runs the query and emits what changed. */
+  /** Notes a commit that touched the subscription's tables: by key when the commit says which
+   * rows of the subscription's table changed and the subscription can use that. */
+  markDirty(table: string, keys: ChangedKeys | undefined): void {
+    this.dirty = true
+    const changed = keys?.get(table)
+    if (!this.incremental || table !== this.incremental.table || !changed) { this.pendingFull = true; return }
+    if (this.pendingFull) return
+    for (const [hex, packed] of changed) {
+      if (!this.pendingKeys.has(hex)) this.pendingKeys.set(hex, unpackColumns(packed))
+      if (this.pendingKeys.size > 2000) { this.pendingFull = true; this.pendingKeys.clear(); return }
+    }
+  }
+
+  private queryKeys(keys: SqlValue[][]): SqlValue[][] {
+    const { keyColumns } = this.incremental!
+    const out: SqlValue[][] = []
+    const CHUNK = 256
+    for (let i = 0; i < keys.length; i += CHUNK) {
+      const chunk = keys.slice(i, i + CHUNK)
+      // Padded to a power of two so a handful of statements serve every chunk size.
+      let size = 1
+      while (size < chunk.length) size *= 2
+      while (chunk.length < size) chunk.push(chunk[chunk.length - 1]!)
+      const tuple = `(${keyColumns.map(() => '?').join(', ')})`
+      const target = keyColumns.length === 1 ? quoteIdentifier(keyColumns[0]!) : `(${keyColumns.map(quoteIdentifier).join(', ')})`
+      const list = keyColumns.length === 1 ? `(${chunk.map(() => '?').join(', ')})` : `(VALUES ${chunk.map(() => tuple).join(', ')})`
+      const sql = `SELECT * FROM (${this.statement.sql}) WHERE ${target} IN ${list}`
+      const rows = this.store.prepareQuery(sql).raw().all(...this.args(), ...chunk.flat()) as SqlValue[][]
+      for (const row of rows) out.push(row)
+    }
+    return out
+  }
+
+  /** Re-runs the query (or, incrementally, the rows of the changed keys) and emits what changed. */
   refresh(): void {
     this.dirty = false
-    const next = new Map<string, SqlValue[]>()
-    for (const values of this.query()) {
-      const key = this.identity(values)
-      if (!next.has(key)) next.set(key, values)
-    }
     const emit = (kind: ChangeKind, row: RowState) => {
       this.changeId++
       const entry = { changeId: this.changeId, line: `{"change":["${kind}",${row.rowid},${sqlRowToJsonText(row.values)},${this.changeId}]}` }
@@ -116,26 +153,71 @@ export class Subscription {
       if (this.log.length > this.maxLogEntries) this.log.splice(0, this.log.length - this.maxLogEntries)
       for (const listener of this.listeners) listener(entry)
     }
+    if (!this.pendingFull && this.incremental) {
+      const keys = [...this.pendingKeys.entries()]
+      this.pendingKeys.clear()
+      if (keys.length === 0) return
+      const found = new Map<string, SqlValue[]>()
+      for (const values of this.queryKeys(keys.map(([, v]) => v))) {
+        const key = this.identity(values)
+        if (!found.has(key)) found.set(key, values)
+      }
+      for (const [, pk] of keys) {
+        const key = pk.map(describeValue).join('\u0000')
+        const existing = this.rows.get(key)
+        if (existing && !found.has(key)) { this.rows.delete(key); emit('delete', existing) }
+      }
+      for (const [key, values] of found) this.upsertRow(key, values, emit)
+      return
+    }
+    this.pendingFull = false
+    this.pendingKeys.clear()
+    const next = new Map<string, SqlValue[]>()
+    for (const values of this.query()) {
+      const key = this.identity(values)
+      if (!next.has(key)) next.set(key, values)
+    }
     for (const [key, row] of this.rows) {
       if (!next.has(key)) {
         this.rows.delete(key)
         emit('delete', row)
       }
     }
-    for (const [key, values] of next) {
-      const print = fingerprint(values)
-      const existing = this.rows.get(key)
-      if (!existing) {
-        const row = { rowid: this.nextRowid++, values, fingerprint: print }
-        this.rows.set(key, row)
-        emit('insert', row)
-      } else if (existing.fingerprint !== print) {
-        existing.values = values
-        existing.fingerprint = print
-        emit('update', existing)
-      }
+    for (const [key, values] of next) this.upsertRow(key, values, emit)
+  }
+
+  private upsertRow(key: string, values: SqlValue[], emit: (kind: ChangeKind, row: RowState) => void): void {
+    const print = fingerprint(values)
+    const existing = this.rows.get(key)
+    if (!existing) {
+      const row = { rowid: this.nextRowid++, values, fingerprint: print }
+      this.rows.set(key, row)
+      emit('insert', row)
+    } else if (existing.fingerprint !== print) {
+      existing.values = values
+      existing.fingerprint = print
+      emit('update', existing)
     }
   }
+}
+
+const NOT_ROW_WISE = /\b(limit|offset|group\s+by|distinct|over|window|union|intersect|except)\b/i
+
+/** When a subscription can be refreshed by key: one replicated table, its whole primary key
+ * (and nothing else) as the row identity, positional parameters, unique result names, and no
+ * clause that makes one row's presence depend on others (LIMIT, GROUP BY, DISTINCT, windows,
+ * compound selects). */
+function incrementalPlan(store: CrrStore, statement: StatementInput, tables: Set<string>, info: Array<{ name: string; column: string | null; table: string | null }>, identity: number[] | null): { table: string; keyColumns: string[] } | null {
+  if (tables.size !== 1 || !identity) return null
+  const table = [...tables][0]!
+  const pk = store.tableSchema(table)?.pkColumns
+  if (!pk || identity.length !== pk.length) return null
+  if (!identity.every((index, i) => info[index]!.table === table && info[index]!.column === pk[i])) return null
+  if (statement.params !== undefined && !Array.isArray(statement.params)) return null
+  const names = info.map((c) => c.name)
+  if (new Set(names).size !== names.length) return null
+  if (NOT_ROW_WISE.test(stripComments(statement.sql))) return null
+  return { table, keyColumns: identity.map((index) => names[index]!) }
 }
 
 function fingerprint(values: SqlValue[]): string {
@@ -172,7 +254,7 @@ export class SubscriptionManager {
   constructor(private readonly store: CrrStore, options: Partial<SubscriptionOptions> & { logger?: Logger } = {}) {
     this.options = { ...DEFAULT_OPTIONS, ...options }
     this.logger = options.logger ?? silentLogger
-    this.unsubscribeCommits = store.onCommit((tables) => this.onCommit(tables))
+    this.unsubscribeCommits = store.onCommit((tables, keys) => this.onCommit(tables, keys))
     this.gcTimer = setInterval(() => this.collectIdle(), Math.min(60_000, this.options.idleMs)).unref()
   }
 
@@ -201,11 +283,11 @@ export class SubscriptionManager {
 
   get size(): number { return this.subscriptions.size }
 
-  private onCommit(tables: ReadonlySet<string>): void {
+  private onCommit(tables: ReadonlySet<string>, keys?: ChangedKeys): void {
     let any = false
     for (const subscription of this.subscriptions.values()) {
       for (const table of subscription.tables) {
-        if (tables.has(table)) { subscription.dirty = true; any = true; break }
+        if (tables.has(table)) { subscription.markDirty(table, keys); any = true }
       }
     }
     if (any && !this.scheduled) {
