@@ -124,81 +124,81 @@ test('tokens over real HTTP: kinds, attenuation, expiry, tampering, other orgs, 
   })
 
   await t.test('attenuated locally with the CLI: narrower, never wider', async () => {
-      const narrow = lastLine(await cli(['tokens', 'attenuate', '--app', 'web', '--machine', 'abcdef01234567', '--actions', 'r', '--expiry', '1h'], orgToken, deploy.token))
-      assert.notEqual(narrow, deploy.token)
-      const h = `FlyV1 ${narrow}`
-      assert.equal((await call(B, '/v1/apps/web/machines/abcdef01234567', h)).status, 404, 'allowed through auth; the Machine does not exist')
-      const other = await call(B, '/v1/apps/web/machines/0123456789abcd', h)
-      assert.equal(other.status, 403)
-      assert.match(other.body.error, /not valid for machine 0123456789abcd/)
-      const stop = await call(B, '/v1/apps/web/machines/abcdef01234567/stop', h, 'POST')
-      assert.equal(stop.status, 403)
-      assert.match(stop.body.error, /does not allow C/)
-      assert.equal((await call(B, '/v1/apps/api', h)).status, 403)
-      // Attenuation cannot widen: attenuating the narrow token to "*" on another app still fails.
-      const widened = lastLine(await cli(['tokens', 'attenuate', '--app', 'api', '--actions', '*'], orgToken, narrow))
-      assert.equal((await call(B, '/v1/apps/api', `FlyV1 ${widened}`)).status, 403)
-      // Comma-joined: a request passes when any token allows it.
-      assert.equal((await call(B, '/v1/apps/api', `FlyV1 ${narrow},${readonly}`)).status, 200)
-    })
+    const narrow = lastLine(await cli(['tokens', 'attenuate', '--app', 'web', '--machine', 'abcdef01234567', '--actions', 'r', '--expiry', '1h'], orgToken, deploy.token))
+    assert.notEqual(narrow, deploy.token)
+    const h = `FlyV1 ${narrow}`
+    assert.equal((await call(B, '/v1/apps/web/machines/abcdef01234567', h)).status, 404, 'allowed through auth; the Machine does not exist')
+    const other = await call(B, '/v1/apps/web/machines/0123456789abcd', h)
+    assert.equal(other.status, 403)
+    assert.match(other.body.error, /not valid for machine 0123456789abcd/)
+    const stop = await call(B, '/v1/apps/web/machines/abcdef01234567/stop', h, 'POST')
+    assert.equal(stop.status, 403)
+    assert.match(stop.body.error, /does not allow C/)
+    assert.equal((await call(B, '/v1/apps/api', h)).status, 403)
+    // Attenuation cannot widen: attenuating the narrow token to "*" on another app still fails.
+    const widened = lastLine(await cli(['tokens', 'attenuate', '--app', 'api', '--actions', '*'], orgToken, narrow))
+    assert.equal((await call(B, '/v1/apps/api', `FlyV1 ${widened}`)).status, 403)
+    // Comma-joined: a request passes when any token allows it.
+    assert.equal((await call(B, '/v1/apps/api', `FlyV1 ${narrow},${readonly}`)).status, 200)
+  })
 
-    await t.test('expired and tampered tokens are 401 with a clear message', async () => {
-      const short = attenuate(deploy.token, scopeCaveats({ expiry: '1s' }))
-      assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${short}`)).status, 200)
-      const deadline = Date.now() + 5000
-      let expired = await call(B, '/v1/apps/web', `FlyV1 ${short}`)
-      while (expired.status === 200 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100))
-        expired = await call(B, '/v1/apps/web', `FlyV1 ${short}`)
-      }
-      assert.equal(expired.status, 401)
-      assert.match(expired.body.error, /the token expired at/)
-      const bytes = Buffer.from(deploy.token.slice(4), 'base64')
-      for (const index of [bytes.length - 1, Math.floor(bytes.length / 2), 30]) {
-        const copy = Buffer.from(bytes)
-        copy[index] = copy[index]! ^ 0x01
-        const tampered = await call(B, '/v1/apps/web', `FlyV1 fm2_${copy.toString('base64')}`)
-        assert.equal(tampered.status, 401, `byte ${index}`)
-        assert.match(tampered.body.error, /does not verify|malformed|does not know/)
-      }
-    })
+  await t.test('expired and tampered tokens are 401 with a clear message', async () => {
+    const short = attenuate(deploy.token, scopeCaveats({ expiry: '1s' }))
+    assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${short}`)).status, 200)
+    const deadline = Date.now() + 5000
+    let expired = await call(B, '/v1/apps/web', `FlyV1 ${short}`)
+    while (expired.status === 200 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100))
+      expired = await call(B, '/v1/apps/web', `FlyV1 ${short}`)
+    }
+    assert.equal(expired.status, 401)
+    assert.match(expired.body.error, /the token expired at/)
+    const bytes = Buffer.from(deploy.token.slice(4), 'base64')
+    for (const index of [bytes.length - 1, Math.floor(bytes.length / 2), 30]) {
+      const copy = Buffer.from(bytes)
+      copy[index] = copy[index]! ^ 0x01
+      const tampered = await call(B, '/v1/apps/web', `FlyV1 fm2_${copy.toString('base64')}`)
+      assert.equal(tampered.status, 401, `byte ${index}`)
+      assert.match(tampered.body.error, /does not verify|malformed|does not know/)
+    }
+  })
 
-    await t.test('another org: every request for this org’s app is a 404, like an app that does not exist', async () => {
-      const acme = JSON.parse(await cli(['orgs', 'create', 'acme', '--json']))
-      assert.match(acme.token, /^fm2_/)
-      const h = `FlyV1 ${acme.token}`
-      for (const url of [A, B]) {
-        const hidden = await call(url, '/v1/apps/web', h)
-        const absent = await call(url, '/v1/apps/no-such-app', h)
-        assert.deepEqual(hidden, { status: 404, body: { ...absent.body, error: 'app web not found' } }, 'the same answer as for an app that does not exist')
-        assert.deepEqual((await call(url, '/v1/apps', h)).body.apps, [])
-        assert.equal((await call(url, '/v1/apps?org_slug=personal', h)).body.total_apps, 0)
-      }
-      const orgs = JSON.parse(await cli(['orgs', 'list', '--json'], `${orgToken},${acme.token}`))
-      assert.deepEqual(orgs.map((o: { slug: string }) => o.slug), ['acme', 'personal'], 'comma-joined tokens reach both orgs')
-      assert.deepEqual(JSON.parse(await cli(['orgs', 'list', '--json'], acme.token)).map((o: { slug: string }) => o.slug), ['acme'])
-    })
+  await t.test('another org: every request for this org’s app is a 404, like an app that does not exist', async () => {
+    const acme = JSON.parse(await cli(['orgs', 'create', 'acme', '--json']))
+    assert.match(acme.token, /^fm2_/)
+    const h = `FlyV1 ${acme.token}`
+    for (const url of [A, B]) {
+      const hidden = await call(url, '/v1/apps/web', h)
+      const absent = await call(url, '/v1/apps/no-such-app', h)
+      assert.deepEqual(hidden, { status: 404, body: { ...absent.body, error: 'app web not found' } }, 'the same answer as for an app that does not exist')
+      assert.deepEqual((await call(url, '/v1/apps', h)).body.apps, [])
+      assert.equal((await call(url, '/v1/apps?org_slug=personal', h)).body.total_apps, 0)
+    }
+    const orgs = JSON.parse(await cli(['orgs', 'list', '--json'], `${orgToken},${acme.token}`))
+    assert.deepEqual(orgs.map((o: { slug: string }) => o.slug), ['acme', 'personal'], 'comma-joined tokens reach both orgs')
+    assert.deepEqual(JSON.parse(await cli(['orgs', 'list', '--json'], acme.token)).map((o: { slug: string }) => o.slug), ['acme'])
+  })
 
-    await t.test('revoking on node A is refused on node B at once, for the token and everything attenuated from it', async () => {
-      const narrow = attenuate(deploy.token, scopeCaveats({ appId: 'web', actions: 'r' }))
-      assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${narrow}`)).status, 200)
-      const revoked = JSON.parse(await cli(['tokens', 'revoke', deploy.id, '--json']))
-      assert.equal(revoked.revoked, deploy.id)
-      assert.equal(revoked.nodes.length, 2, 'both API nodes confirmed')
-      for (const token of [deploy.token, narrow]) {
-        const res = await call(B, '/v1/apps/web', `FlyV1 ${token}`)
-        assert.equal(res.status, 401)
-        assert.match(res.body.error, new RegExp(`the token ${deploy.id} has been revoked`))
-      }
-      assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${orgToken}`)).status, 200, 'other tokens are unaffected')
-      // The holder of a token may revoke it by handing it in on stdin.
-      const spare = lastLine(await cli(['tokens', 'create', 'readonly']))
-      const byToken = JSON.parse(await cli(['tokens', 'revoke', '-', '--json'], orgToken, spare, B))
-      assert.equal(byToken.nodes.length, 2)
-      assert.equal((await call(A, '/v1/apps', `FlyV1 ${spare}`)).status, 401)
-      const listed = JSON.parse(await cli(['tokens', 'list', '--json']))
-      assert.equal(listed.find((x: { id: string }) => x.id === deploy.id).revoked, true)
-      assert.ok(!JSON.stringify(listed).includes('fm2_'), 'listings never carry tokens')
+  await t.test('revoking on node A is refused on node B at once, for the token and everything attenuated from it', async () => {
+    const narrow = attenuate(deploy.token, scopeCaveats({ appId: 'web', actions: 'r' }))
+    assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${narrow}`)).status, 200)
+    const revoked = JSON.parse(await cli(['tokens', 'revoke', deploy.id, '--json']))
+    assert.equal(revoked.revoked, deploy.id)
+    assert.equal(revoked.nodes.length, 2, 'both API nodes confirmed')
+    for (const token of [deploy.token, narrow]) {
+      const res = await call(B, '/v1/apps/web', `FlyV1 ${token}`)
+      assert.equal(res.status, 401)
+      assert.match(res.body.error, new RegExp(`the token ${deploy.id} has been revoked`))
+    }
+    assert.equal((await call(B, '/v1/apps/web', `FlyV1 ${orgToken}`)).status, 200, 'other tokens are unaffected')
+    // The holder of a token may revoke it by handing it in on stdin.
+    const spare = lastLine(await cli(['tokens', 'create', 'readonly']))
+    const byToken = JSON.parse(await cli(['tokens', 'revoke', '-', '--json'], orgToken, spare, B))
+    assert.equal(byToken.nodes.length, 2)
+    assert.equal((await call(A, '/v1/apps', `FlyV1 ${spare}`)).status, 401)
+    const listed = JSON.parse(await cli(['tokens', 'list', '--json']))
+    assert.equal(listed.find((x: { id: string }) => x.id === deploy.id).revoked, true)
+    assert.ok(!JSON.stringify(listed).includes('fm2_'), 'listings never carry tokens')
   })
 
   await t.test('keys at rest are sealed; no token reaches a log', async () => {
