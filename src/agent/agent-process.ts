@@ -26,6 +26,9 @@ export interface AgentProcessOptions {
   proxyAddr?: string
   catalogUrl?: string
   insecureRegistries?: string[]
+  /** How many Machine CPUs one host core may carry (default 16) and memory overcommit (default 4). */
+  cpuOvercommit?: number
+  memoryOvercommit?: number
   logger?: Logger
 }
 
@@ -87,7 +90,9 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
     const usage = agent.usage()
     return {
       id: hostId, region: options.region, addr: options.hostAddress ?? '127.0.0.1', proxyAddr: options.proxyAddr, catalogUrl: options.catalogUrl,
-      capacity: { cpus: cpus().length * 8, memoryMb: Math.floor(totalmem() / 1024 / 1024) },
+      // Machines rarely use all they are given: shared CPUs are overcommitted 16× (Fly's shared
+      // vCPU is a 1/16 share of a core) and memory 4× by default; operators tune both.
+      capacity: { cpus: cpus().length * (options.cpuOvercommit ?? 16), memoryMb: Math.floor((totalmem() / 1024 / 1024) * (options.memoryOvercommit ?? 4)) },
       usage: { machines: usage.machines, cpus: usage.cpus, memoryMb: usage.memoryMb },
       startedAt,
     }

@@ -82,7 +82,7 @@ export class CrunDriver implements RuntimeDriver {
     // A stale exit file from an earlier run of this Machine would read as this run's exit.
     this.clearExit(id)
     // An earlier, interrupted launch may have left a container record behind.
-    await runCommand(this.crun, this.crunArgs('delete', '-f', id), { allowFailure: true })
+    if (existsSync(join(this.crunRoot, id))) await runCommand(this.crun, this.crunArgs('delete', '-f', id), { allowFailure: true })
     const config = buildOciConfig(spec, { initPath: this.initPath, cgroupsPath: this.cgroupsPathFor(id), openFiles: GUEST_OPEN_FILES })
     writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config))
     const pid = await this.createUnderConmon(spec)
@@ -159,7 +159,36 @@ export class CrunDriver implements RuntimeDriver {
     await runCommand(this.crun, this.crunArgs('resume', machineId))
   }
 
+  /** The guest's status, read from crun's state dir and /proc without spawning crun (this is on
+   * every create's path). crun keeps `<root>/<id>/status` with the init's pid and start time, and
+   * an `exec.fifo` while the container is created but not started; the freezer says paused.
+   * Anything unexpected falls back to `crun state`. */
   async status(machineId: string): Promise<GuestStatus> {
+    const stateDir = join(this.crunRoot, machineId)
+    if (!existsSync(stateDir)) return 'absent'
+    try {
+      const state = JSON.parse(readFileSync(join(stateDir, 'status'), 'utf8')) as { pid: number; 'process-start-time': number; 'cgroup-path': string }
+      let stat: string
+      try { stat = readFileSync(`/proc/${state.pid}/stat`, 'utf8') } catch { return 'stopped' }
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (Number(fields[19]) !== state['process-start-time'] || fields[0] === 'Z') return 'stopped'
+      if (existsSync(join(stateDir, 'exec.fifo'))) return 'created'
+      return this.isFrozen(state['cgroup-path']) ? 'paused' : 'running'
+    } catch {
+      return this.statusFromCrun(machineId)
+    }
+  }
+
+  private isFrozen(cgroupPath: string): boolean {
+    try {
+      if (this.cgroups.layout === 'v2') return readFileSync(`${this.cgroups.unifiedRoot}${cgroupPath}/cgroup.freeze`, 'utf8').trim() === '1'
+      return readFileSync(`${this.cgroups.v1Mounts.get('freezer')}${cgroupPath}/freezer.state`, 'utf8').trim() !== 'THAWED'
+    } catch {
+      return false
+    }
+  }
+
+  private async statusFromCrun(machineId: string): Promise<GuestStatus> {
     const result = await runCommand(this.crun, this.crunArgs('state', machineId), { allowFailure: true })
     if (result.code !== 0) return 'absent'
     try {
@@ -199,6 +228,7 @@ export class CrunDriver implements RuntimeDriver {
   }
 
   async remove(machineId: string): Promise<void> {
+    if (!existsSync(join(this.crunRoot, machineId))) return
     await runCommand(this.crun, this.crunArgs('delete', '-f', machineId), { allowFailure: true, timeoutMs: 30_000 })
   }
 
