@@ -12,5 +12,9 @@ const source: RouteSource = {
   },
 }
 const proxy = await startProxy({ routeSource: source, region: 'bench', hostId: 'bench-host', domain: 'bench.test', caDir: config.caDir, listenHost: '127.0.0.1', logger: silentLogger })
+if (proxy.addresses.length !== new Set(config.machines.flatMap((m) => (m.services ?? []).flatMap((sv) => (sv.ports ?? []).map((p) => p.port)))).size) {
+  process.stderr.write(`the proxy could not listen on every port: ${JSON.stringify(proxy.addresses)}\n`)
+  process.exit(1)
+}
 process.stdout.write(`ready ${JSON.stringify(proxy.addresses)}\n`)
 process.on('SIGTERM', () => { void proxy.close().then(() => process.exit(0)) })

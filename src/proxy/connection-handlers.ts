@@ -3,7 +3,8 @@ import tls from 'node:tls'
 import type { CertificateStore } from './certificates.js'
 import { bindingForHost, type ListenInfo, type ProxyContext } from './context.js'
 import { RefusedError } from './dispatcher.js'
-import { Http1Connection, type UpstreamConn } from './http1-proxy.js'
+import { Http1Connection, ignoreError, type UpstreamConn } from './http1-proxy.js'
+import type { AppCounters } from './metrics.js'
 import { proxyHeaderV1, proxyHeaderV2 } from './proxy-protocol.js'
 import type { MachineEntry, PortBinding } from './routing-table.js'
 import type { UpstreamPool } from './transport.js'
@@ -18,6 +19,13 @@ const PG_SSL_REQUEST = 80877103
 const PG_GSSENC_REQUEST = 80877104
 /** A TLS handshake or a Postgres preamble that does not finish in time is dropped. */
 const HANDSHAKE_TIMEOUT_MS = 10_000
+
+const COUNTERS = Symbol('hangar.counters')
+interface CountedSocket extends net.Socket { [COUNTERS]?: AppCounters }
+function onCountedSocketClose(this: CountedSocket): void {
+  const counters = this[COUNTERS]
+  if (counters !== undefined) counters.connectionsOpen--
+}
 
 export class ConnectionHandlers {
   private readonly ctx: ProxyContext
@@ -36,7 +44,7 @@ export class ConnectionHandlers {
   accept(socket: net.Socket, port: number): void {
     const bindings = this.ctx.table.ports.get(port)
     if (bindings === undefined || bindings.length === 0 || this.ctx.closing) { socket.destroy(); return }
-    socket.on('error', () => { /* the handler's close path deals with it */ })
+    socket.on('error', ignoreError)
     // Connections count per app where the port names one; shared ports count after SNI.
     if (bindings.length === 1) this.countConnection(socket, bindings[0]!.app)
     if (bindings.some((b) => b.port.handlers.includes('pg_tls'))) { this.postgresPreamble(socket, port); return }
@@ -49,7 +57,8 @@ export class ConnectionHandlers {
     const counters = this.ctx.metrics.app(app)
     counters.connections++
     counters.connectionsOpen++
-    socket.once('close', () => { counters.connectionsOpen-- })
+    ;(socket as CountedSocket)[COUNTERS] = counters
+    socket.once('close', onCountedSocketClose)
   }
 
   private afterTls(socket: tls.TLSSocket, port: number): void {
