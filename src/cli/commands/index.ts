@@ -4,6 +4,7 @@ import { registerUp } from './up.js'
 import { registerApps } from './apps.js'
 import { registerMachines } from './machines.js'
 import { registerLogs } from './logs.js'
+import { registerProxy } from './proxy.js'
 import { registerOrgs } from './orgs.js'
 import { registerTokens } from './tokens.js'
 import { registerSecrets } from './secrets.js'
@@ -16,4 +17,4 @@ import { registerReleases } from './releases.js'
 // Every `hangar` subcommand group registers itself here; one line per part.
 export type RegisterCommands = (program: Command) => void
 
-export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]
+export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerProxy, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]
