@@ -216,6 +216,27 @@ describe('proxy: HTTP', () => {
     assert.match(await big.body.text(), /exceeds 1048576 bytes and cannot be replayed/)
   })
 
+  it('fly-replay fallback=force_self: with no target, the request goes back to the replaying Machine with fly-replay-failed (HTTP/1.1 and h2)', async () => {
+    const path = `/replay-unless-src?h=${encodeURIComponent('instance=nowhere;fallback=force_self')}`
+    const h1 = await get(path, `web.${domain}`)
+    assert.equal(h1.json().machine, 'web1')
+    assert.match(h1.json().headers['fly-replay-failed']!, /^instance=nowhere;app=web;region=;replay_source=web1;reason=no_candidate;elapsed_ms=\d+$/)
+    const session = http2.connect(`http://127.0.0.1:${port}`)
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const stream = session.request({ ':path': path, ':authority': `web.${domain}` })
+        let data = ''
+        stream.on('data', (d: Buffer) => { data += d.toString() })
+        stream.on('end', () => resolve(data))
+        stream.on('error', reject)
+        stream.end()
+      })
+      const answer = JSON.parse(body) as Answer
+      assert.equal(answer.machine, 'web1')
+      assert.match(answer.headers['fly-replay-failed']!, /reason=no_candidate/)
+    } finally { session.close() }
+  })
+
   it('client routing headers: fly-force-instance-id, fly-prefer-region, fly-prefer-instance-id', async () => {
     assert.equal((await get('/', `web.${domain}`, { 'fly-force-instance-id': 'web2' })).json().machine, 'web2')
     assert.equal((await get('/', `web.${domain}`, { 'fly-prefer-region': 'sin' })).json().machine, 'web2')

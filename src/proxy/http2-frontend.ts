@@ -2,7 +2,7 @@ import http2 from 'node:http2'
 import type net from 'node:net'
 import { bindingForHost, type Http2Handoff, type ListenInfo, type ProxyContext } from './context.js'
 import { RefusedError } from './dispatcher.js'
-import { formatReplaySrc, MAX_REPLAY_BODY_BYTES, MAX_REPLAYS, parseReplayHeader, parseReplayJson, REPLAY_CONTENT_TYPE, type ReplayInstruction } from './fly-replay.js'
+import { formatReplayFailed, formatReplaySrc, MAX_REPLAY_BODY_BYTES, MAX_REPLAYS, parseReplayHeader, parseReplayJson, REPLAY_CONTENT_TYPE, type ReplayInstruction } from './fly-replay.js'
 import { clientAccept, pickHttpGroup, replayAccept } from './http1-proxy.js'
 import { exchangeClients, flyRequestHeaders, type ExchangeResponse } from './http-exchange.js'
 import type { MachineEntry, ServiceGroup } from './routing-table.js'
@@ -104,13 +104,28 @@ export class Http2Frontend implements Http2Handoff {
       forceInstance: header('fly-force-instance-id'), forceRegion: header('fly-force-region'),
       preferInstance: header('fly-prefer-instance-id'), preferRegion: header('fly-prefer-region'),
     }, (line) => { const [name, value] = line.trim().split(': '); forwarded[name!.toLowerCase()] = value! })
+    // Set while re-delivering a fly-replay: where to fall back to, and how long to wait.
+    let replayFallback: { from: MachineEntry; group: ServiceGroup; instruction: ReplayInstruction; startedAt: number } | undefined
     for (let replays = 0; ; replays++) {
       let entry: MachineEntry
       try {
-        const acquired = ctx.dispatcher.acquire(group, accept)
-        entry = acquired instanceof Promise ? await acquired : acquired
+        entry = await this.acquire(group, accept, replayFallback?.instruction.timeoutMs ?? 0)
       } catch (err) {
-        if (err instanceof RefusedError) { ctx.metrics.refuse(group.app, err.reason); this.respondText(stream, 503, err.message); return }
+        if (err instanceof RefusedError) {
+          ctx.metrics.refuse(group.app, err.reason)
+          if (replayFallback !== undefined && replayFallback.instruction.fallback !== '') {
+            // reference §3.1: fallback=force_self|prefer_self sends it back to the replaying Machine.
+            const { from, instruction, startedAt } = replayFallback
+            forwarded['fly-replay-failed'] = formatReplayFailed({ instance: instruction.instance, app: instruction.app || from.route.app, region: instruction.regions.join(','), source: from.machineId, reason: err.reason === 'queue_timeout' ? 'timeout' : 'no_candidate', elapsedMs: Date.now() - startedAt })
+            group = replayFallback.group
+            accept = (m) => m.machineId === from.machineId
+            replayFallback = undefined
+            replays--
+            continue
+          }
+          this.respondText(stream, 503, err.message)
+          return
+        }
         throw err
       }
       if (stream.destroyed) { ctx.dispatcher.release(entry, group); return }
@@ -155,6 +170,7 @@ export class Http2Frontend implements Http2Handoff {
       ctx.metrics.app(entry.route.app).replays++
       if (replays + 1 > MAX_REPLAYS) { ctx.metrics.refuse(group.app, 'replay_failed'); this.respondText(stream, 502, `fly-replay: more than ${MAX_REPLAYS} replays for one request`); return }
       if (bodyBytes > MAX_REPLAY_BODY_BYTES) { ctx.metrics.refuse(group.app, 'replay_too_large'); this.respondText(stream, 413, `fly-replay: the request body exceeds ${MAX_REPLAY_BODY_BYTES} bytes and cannot be replayed`); return }
+      const sourceGroup = group
       if (instruction.app !== '' && instruction.app !== entry.route.app) {
         const target = ctx.table.apps.get(instruction.app)
         const targetGroup = target !== undefined && target.org === ctx.table.apps.get(entry.route.app)?.org ? pickHttpGroup(target.groups, listen.port) : undefined
@@ -162,7 +178,27 @@ export class Http2Frontend implements Http2Handoff {
         group = targetGroup
       }
       forwarded['fly-replay-src'] = formatReplaySrc(entry.machineId, entry.route.region, instruction.state)
+      replayFallback = { from: entry, group: sourceGroup, instruction, startedAt: Date.now() }
       accept = replayAccept(group, instruction, entry)
+    }
+  }
+
+  /** A Machine from the dispatcher, refused as a queue timeout after `timeoutMs` when given. */
+  private async acquire(group: ServiceGroup, accept: ((m: MachineEntry) => boolean) | undefined, timeoutMs: number): Promise<MachineEntry> {
+    const acquired = this.ctx.dispatcher.acquire(group, accept)
+    if (!(acquired instanceof Promise)) return acquired
+    if (timeoutMs <= 0) return await acquired
+    let timer: NodeJS.Timeout | undefined
+    let timedOut = false
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => { timedOut = true; reject(new RefusedError('queue_timeout', `fly-replay: no target within ${timeoutMs} ms`)) }, timeoutMs)
+    })
+    // A target that frees up after the timeout gives its capacity straight back.
+    acquired.then((entry) => { if (timedOut) this.ctx.dispatcher.release(entry, group) }, () => {})
+    try {
+      return await Promise.race([acquired, timeout])
+    } finally {
+      clearTimeout(timer)
     }
   }
 
