@@ -14,8 +14,10 @@ export interface HostOptions {
   natsUrl: string
   machineSubnet?: string
   hostAddress?: string
-  /** Proxy settings, passed through to `hangar proxy`. */
-  proxy?: { args: string[] }
+  /** Where the proxy's public ports bind; no proxy runs when undefined. */
+  proxyListen?: string
+  /** More `hangar proxy` flags (e.g. --metrics, --domain, --queue-wait). */
+  proxyArgs?: string[]
   autostopInterval?: string
   /** Upper bound of the restart backoff for components that keep dying. */
   maxRestartBackoffMs?: number
@@ -37,7 +39,11 @@ export async function runHost(options: HostOptions): Promise<void> {
   if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
   const components: ComponentSpec[] = [cliComponent('agent', agentArgs)]
-  if (options.proxy) components.push(cliComponent('proxy', ['proxy', ...options.proxy.args]))
+  if (options.proxyListen !== undefined) {
+    const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,
+      '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(options.proxyArgs ?? [])]
+    components.push(cliComponent('proxy', proxyArgs))
+  }
   components.push(...(options.extraComponents ?? []))
   const supervisor = new Supervisor({ dir: options.dataDir, logsDir: join(options.dataDir, 'logs'), components, logger, maxBackoffMs: options.maxRestartBackoffMs })
   await supervisor.start()

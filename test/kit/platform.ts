@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync,
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { randomInt } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { startApi, type RunningApi } from '../../src/api/index.js'
 import { startNatsServer, type NatsServer } from '../../src/bus/index.js'
@@ -25,6 +26,8 @@ export interface Platform {
   org: string
   region: string
   hostDir: string
+  /** The loopback address the host's proxy binds apps' public ports on (e.g. 80 for http_service). */
+  proxyAddr: string
   /** Lines `kind:step:begin|done` make the agent kill itself with SIGKILL there (crash tests). */
   crashPointsFile: string
   client: ApiClient
@@ -44,7 +47,7 @@ export function freePort(): Promise<number> {
   })
 }
 
-export async function startPlatform(options: { region?: string } = {}): Promise<Platform> {
+export async function startPlatform(options: { region?: string; hostArgs?: string[] } = {}): Promise<Platform> {
   const region = options.region ?? 'tst'
   const root = mkdtempSync(join(tmpdir(), 'hangar-platform-'))
   const hostDir = join(root, 'host')
@@ -74,13 +77,14 @@ export async function startPlatform(options: { region?: string } = {}): Promise<
     api = await startApi({ natsUrl: nats.url, dbPath: join(root, 'api', 'api.db'), region, logger })
     api.store.createOrg('personal')
     const token = api.store.createStaticToken('personal', 'test')
+    const proxyAddr = `127.${randomInt(1, 255)}.${randomInt(0, 256)}.${randomInt(1, 255)}`
     const log = openSync(join(root, 'host.log'), 'a')
-    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms'], {
+    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms', '--proxy-listen', proxyAddr, ...(options.hostArgs ?? [])], {
       stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(log)
     const platform: Platform = {
-      natsUrl: nats.url, api, apiUrl: api.url, token, org: 'personal', region, hostDir, crashPointsFile,
+      natsUrl: nats.url, api, apiUrl: api.url, token, org: 'personal', region, hostDir, crashPointsFile, proxyAddr,
       client: new ApiClient(api.url, token),
       agentPid() {
         try { return Number(readFileSync(join(hostDir, 'agent.pid'), 'utf8')) } catch { return undefined }

@@ -18,10 +18,16 @@ export function registerDaemons(program: Command): void {
     .option('--host-address <addr>', 'the address other hosts reach this one at', '127.0.0.1')
     .option('--autostop-interval <duration>', 'how often the proxy considers stopping idle Machines', '3m')
     .option('--max-restart-backoff <duration>', 'longest wait before restarting a component that keeps dying', '10s')
+    .option('--proxy-listen <addr>', "address the proxy's public ports bind", '0.0.0.0')
+    .option('--no-proxy', 'run no proxy on this host')
+    .option('--proxy-metrics <host:port>', "serve the proxy's Prometheus metrics here")
+    .option('--domain <domain>', 'apps answer at <app>.<domain>', 'hangar.local')
     .action(async (opts) => {
       await runHost({
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
+        proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
+        proxyArgs: ['--domain', opts.domain, ...(opts.proxyMetrics ? ['--metrics', opts.proxyMetrics] : [])],
       })
     })
 

@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
+import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { hostIdFor } from '../../agent/index.js'
 import { cleanupHost } from '../../host/index.js'
@@ -82,6 +83,12 @@ async function pickMachineSubnet(hostId: string): Promise<string> {
   return defaultMachineSubnet(hostId)
 }
 
+/** A loopback address (127.0.0.0/8 all reaches this machine) chosen by the host id. */
+export function loopbackAddressFor(hostId: string): string {
+  const digest = createHash('sha256').update(hostId).digest()
+  return `127.${1 + (digest[0]! % 254)}.${digest[1]}.${1 + (digest[2]! % 254)}`
+}
+
 export function statePath(dataDir: string): string {
   return join(dataDir, 'up.json')
 }
@@ -117,7 +124,11 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
 
   const hostId = hostIdFor(hostDir)
   const subnet = await pickMachineSubnet(hostId)
-  pids.host = startDetached('host', ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', options.region, '--nats', natsUrl, '--machine-subnet', subnet, '--autostop-interval', options.autostopInterval ?? '3m'], join(hostDir, 'host.log'))
+  // The proxy binds the public ports apps ask for (80, 443, …) on a loopback address of its own,
+  // so two `hangar up`s (two --data-dirs) never fight over a port.
+  const proxyAddr = loopbackAddressFor(hostId)
+  pids.host = startDetached('host', ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', options.region, '--nats', natsUrl, '--machine-subnet', subnet,
+    '--autostop-interval', options.autostopInterval ?? '3m', '--proxy-listen', proxyAddr], join(hostDir, 'host.log'))
   writeFileSync(join(hostDir, 'host.pid'), String(pids.host))
   await waitFor('the host', async () => {
     try {
@@ -128,7 +139,7 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   }, 60_000, join(hostDir, 'logs', 'agent.log'))
 
   const state: UpState = {
-    api_url: apiUrl, token, org: ORG, region: options.region, proxy_addr: '127.0.0.1', data_dir: dataDir, nats_url: natsUrl,
+    api_url: apiUrl, token, org: ORG, region: options.region, proxy_addr: proxyAddr, data_dir: dataDir, nats_url: natsUrl,
     hosts: [{ id: hostId, region: options.region, addr: '127.0.0.1', pid: pids.host, catalog_url: '' }],
     pids,
   }
@@ -192,6 +203,7 @@ export function registerUp(program: Command): void {
         info(`Hangar is running.`)
         info(`  Machines API  ${state.api_url}   (org ${state.org}; token and URL saved in ${readConfig().api_url ? '~/.hangar/config.json' : 'the CLI config'})`)
         info(`  Region        ${state.region}`)
+        info(`  Proxy         ${state.proxy_addr} (apps' public ports bind here)`)
         info(`  Data          ${state.data_dir}`)
         info(`Run a Machine:`)
         info(`  hangar apps create hello && hangar machine run <registry>/<image> -a hello`)
