@@ -27,3 +27,4 @@ export {
   prepareRootfs, resetRootfs, unmountRootfs, releaseRootfs, isRootfsMounted, listRootfsMounts, sweepRootfsMounts, rootfsPaths, ROOTFS_MOUNT_SOURCE,
 } from './rootfs.js'
 export type { RootfsImage, RootfsMount, RootfsPaths } from './rootfs.js'
+export * from './image-builder.js'

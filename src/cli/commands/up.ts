@@ -3,11 +3,12 @@ import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { hostIdFor } from '../../agent/index.js'
 import { cleanupHost } from '../../host/index.js'
 import { defaultMachineSubnet } from '../../network/index.js'
+import { pushBusyboxImage, pushHttpServerImage } from '../../images/index.js'
 import { runCommand } from '../../core/command.js'
 import { defaultDataDir, readConfig, writeConfig } from '../config.js'
 import { info, printJson } from '../output.js'
@@ -28,6 +29,8 @@ export interface UpState {
   proxy_addr: string
   data_dir: string
   nats_url: string
+  /** The local registry `hangar up` runs, seeded with hangar/hello and hangar/busybox. */
+  registry: string
   hosts: Array<{ id: string; region: string; addr: string; pid: number; catalog_url: string }>
   pids: Record<string, number>
 }
@@ -114,6 +117,23 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   writeFileSync(join(natsDir, 'nats.pid'), String(pids.nats))
   await waitFor('nats-server', () => canConnect(natsPort), 10_000, join(natsDir, 'nats.log'))
 
+  // A local registry seeded with two small images built from this machine's busybox, so the first
+  // Machine runs without reaching any outside registry.
+  const registryDir = join(dataDir, 'registry')
+  mkdirSync(join(registryDir, 'storage'), { recursive: true })
+  const registryPort = await freePort()
+  writeFileSync(join(registryDir, 'config.yml'), [
+    'version: 0.1', 'log:', '  level: warn', '  accesslog:', '    disabled: true',
+    'storage:', '  filesystem:', `    rootdirectory: ${join(registryDir, 'storage')}`, '  delete:', '    enabled: true',
+    'http:', `  addr: 127.0.0.1:${registryPort}`, `  secret: ${randomBytes(16).toString('hex')}`, '',
+  ].join('\n'))
+  pids.registry = startDetached('docker-registry', ['serve', join(registryDir, 'config.yml')], join(registryDir, 'registry.log'), 'docker-registry')
+  writeFileSync(join(registryDir, 'registry.pid'), String(pids.registry))
+  await waitFor('the local registry', () => canConnect(registryPort), 10_000, join(registryDir, 'registry.log'))
+  const registry = { url: `http://127.0.0.1:${registryPort}`, host: `127.0.0.1:${registryPort}`, pushAuthorization: async () => undefined }
+  await pushHttpServerImage(registry, 'hangar/hello:latest', { body: 'Hello from a Hangar Machine!\n' })
+  await pushBusyboxImage(registry, 'hangar/busybox:latest')
+
   const apiPort = await freePort(options.apiPort ?? 4280)
   const tokenFile = join(apiDir, 'token')
   rmSync(join(apiDir, 'api.url'), { force: true })
@@ -139,7 +159,7 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   }, 60_000, join(hostDir, 'logs', 'agent.log'))
 
   const state: UpState = {
-    api_url: apiUrl, token, org: ORG, region: options.region, proxy_addr: proxyAddr, data_dir: dataDir, nats_url: natsUrl,
+    api_url: apiUrl, token, org: ORG, region: options.region, proxy_addr: proxyAddr, data_dir: dataDir, nats_url: natsUrl, registry: registry.host,
     hosts: [{ id: hostId, region: options.region, addr: '127.0.0.1', pid: pids.host, catalog_url: '' }],
     pids,
   }
@@ -151,7 +171,7 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
 export async function down(dataDir: string): Promise<{ stopped: string[]; machinesStopped: number }> {
   const state = readUpState(resolve(dataDir))
   const stopped: string[] = []
-  const order = ['host', 'api', 'nats']
+  const order = ['host', 'api', 'nats', 'registry']
   const pids = state?.pids ?? {}
   for (const name of order) {
     const pid = pids[name]
@@ -205,8 +225,9 @@ export function registerUp(program: Command): void {
         info(`  Region        ${state.region}`)
         info(`  Proxy         ${state.proxy_addr} (apps' public ports bind here)`)
         info(`  Data          ${state.data_dir}`)
-        info(`Run a Machine:`)
-        info(`  hangar apps create hello && hangar machine run <registry>/<image> -a hello`)
+        info(`  Registry      ${state.registry} (hangar/hello, hangar/busybox)`)
+        info(`Run a Machine and reach it through the proxy:`)
+        info(`  hangar apps create hello && hangar machine run ${state.registry}/hangar/hello -a hello -p 80:8080/tcp:http && curl -H 'Host: hello.hangar.local' http://${state.proxy_addr}/`)
       }
       if (opts.detach) return
       info('Press Ctrl-C to stop Hangar.')
