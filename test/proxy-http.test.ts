@@ -272,6 +272,13 @@ describe('proxy: HTTP', () => {
     harness.source.remove('dead1')
   })
 
+  it('gives back every unit of load it took: all Machines at 0 once clients are done', async () => {
+    await waitFor(() => {
+      const loads = [...proxy.metrics.machineLoads()]
+      return loads.length > 0 && loads.every((m) => m.load === 0)
+    }, 3000, `every Machine at load 0, got ${JSON.stringify([...proxy.metrics.machineLoads()].filter((m) => m.load !== 0))}`)
+  })
+
   it('serves Prometheus metrics', async () => {
     const res = await request(`http://127.0.0.1:${proxy.metricsAddress!.port}/metrics`)
     const text = await res.body.text()

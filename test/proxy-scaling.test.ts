@@ -146,6 +146,13 @@ describe('proxy: limits, queueing, autostart, autostop', () => {
     assert.equal((await get(ports.idle)).status, 200)
   })
 
+  it('gives back every unit of load it took: all Machines at 0 once clients are done', async () => {
+    await waitFor(() => {
+      const loads = [...proxy.metrics.machineLoads()]
+      return loads.length > 0 && loads.every((m) => m.load === 0)
+    }, 3000, `every Machine at load 0, got ${JSON.stringify([...proxy.metrics.machineLoads()].filter((m) => m.load !== 0))}`)
+  })
+
   it('autostop=suspend suspends, and the next request resumes the Machine', async () => {
     await proxy.autostopPass()
     assert.equal(harness.source.machines.get('sleepy1')!.state, 'suspended')

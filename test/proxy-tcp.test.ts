@@ -12,7 +12,7 @@ import { X509Certificate } from 'node:crypto'
 import { Agent, request } from 'undici'
 import { createLogger, silentLogger, type MachineService } from '../src/core/index.js'
 import { startProxy, type RunningProxy } from '../src/proxy/index.js'
-import { freePort, loopbackAddress, machineRoute, proxyHarness, type ProxyHarness } from './kit/backends.js'
+import { freePort, loopbackAddress, machineRoute, proxyHarness, waitFor, type ProxyHarness } from './kit/backends.js'
 
 // TLS, pg_tls, PROXY protocol and raw TCP through `hangar proxy`, with real clients: node:tls,
 // `openssl s_client`, node:http2 over TLS (ALPN h2), undici over TLS, `psql sslmode=require`
@@ -171,6 +171,13 @@ describe('proxy: TLS, pg_tls, PROXY protocol, raw TCP', () => {
       assert.equal(header.readUInt16BE(24), v2.localPort)
       assert.equal(header.readUInt16BE(26), ports.ppv2)
     } finally { v2.destroy() }
+  })
+
+  it('gives back every unit of load it took: all Machines at 0 once clients are done', async () => {
+    await waitFor(() => {
+      const loads = [...proxy.metrics.machineLoads()]
+      return loads.length > 0 && loads.every((m) => m.load === 0)
+    }, 3000, `every Machine at load 0, got ${JSON.stringify([...proxy.metrics.machineLoads()].filter((m) => m.load !== 0))}`)
   })
 
   it('pg_tls: psql with sslmode=require (and verify-full) reaches Postgres through the proxy', async () => {

@@ -71,6 +71,8 @@ export interface RunningProxy {
   listening(servicePort: number, timeoutMs?: number): Promise<ListeningPort>
   /** Runs one autostop pass now. */
   autostopPass(): Promise<void>
+  /** Re-reads `rttMs` for every Machine (the cluster's RTT measurements call this). */
+  refreshRtt(): void
   /** Stops accepting, ends connections, stops the loops; idempotent. */
   close(): Promise<void>
 }
@@ -209,6 +211,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     caCertPem: certificates.caCertPem,
     listening,
     autostopPass: () => autostop?.pass() ?? Promise.resolve(),
+    refreshRtt: () => table.refreshRtt(),
     close() {
       closing ??= (async () => {
         closed = true
