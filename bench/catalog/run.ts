@@ -1,4 +1,7 @@
-import { CatalogClient } from '../../src/catalog/index.js'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { CatalogClient, CrrStore, type Changeset } from '../../src/catalog/index.js'
 import { health, members, startCatalogCluster, type CatalogCluster } from '../../test/kit/catalog-cluster.js'
 
 // Catalog benchmark (issue 4): real node processes on loopback.
@@ -116,6 +119,11 @@ async function measure(size: number, writes: number): Promise<SizeResult> {
       return doneAt.filter((t) => t !== undefined).length === size - 1
     }, 120_000, 'the burst to be applied everywhere')
     const burstMs = Math.max(...doneAt) - burstStart
+    if (process.env.CATALOG_BENCH_VERBOSE) {
+      const t = await totals(cluster)
+      process.stderr.write(`[catalog bench] ${size} nodes after burst: ${JSON.stringify(t)}\n`)
+      process.stderr.write(`[catalog bench] per-node burst completion (ms): ${doneAt.map((d) => Math.round(d - burstStart)).join(' ')}\n`)
+    }
     const appliedPerSecond = burstChanges / (burstMs / 1000)
     return {
       nodes: size,
@@ -136,9 +144,45 @@ async function measure(size: number, writes: number): Promise<SizeResult> {
   }
 }
 
+/** The store's merge rate alone: one process, a WAL database on disk, no network. */
+function storeMergeRate(): { insertsPerSecond: number; updatesPerSecond: number } {
+  const dir = mkdtempSync(join(tmpdir(), 'hangar-catalog-bench-'))
+  try {
+    const schema = 'CREATE TABLE kv (k TEXT NOT NULL PRIMARY KEY, v, n INTEGER NOT NULL DEFAULT 0, note TEXT);'
+    const rates: Array<[number, number]> = []
+    for (let run = 0; run < 3; run++) {
+      const origin = new CrrStore({ path: join(dir, `origin-${run}.db`) })
+      const target = new CrrStore({ path: join(dir, `target-${run}.db`) })
+      origin.applySchema(schema)
+      target.applySchema(schema)
+      const inserts: Changeset[] = []
+      for (let t = 0; t < 50; t++) {
+        const values = Array.from({ length: 100 }, (_, r) => `('burst-${t}-${r}', 'value-${t}-${r}', ${r})`).join(', ')
+        inserts.push(origin.transact([{ sql: `INSERT INTO kv (k, v, n) VALUES ${values}` }]).changeset!)
+      }
+      const updates: Changeset[] = []
+      for (let t = 0; t < 50; t++) updates.push(origin.transact([{ sql: `UPDATE kv SET v = v || '+', n = n + 1 WHERE k LIKE 'burst-${t}-%'` }]).changeset!)
+      const count = (list: Changeset[]) => list.reduce((n, c) => n + c.changes.length, 0)
+      let t0 = performance.now()
+      target.applyChangesets(inserts)
+      const insertRate = count(inserts) / ((performance.now() - t0) / 1000)
+      t0 = performance.now()
+      target.applyChangesets(updates)
+      rates.push([insertRate, count(updates) / ((performance.now() - t0) / 1000)])
+      origin.close()
+      target.close()
+    }
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+    return { insertsPerSecond: median(rates.map((r) => r[0])), updatesPerSecond: median(rates.map((r) => r[1])) }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 async function main(): Promise<void> {
   const sizes = (process.argv[2] ?? '3,10,30').split(',').map(Number)
   const writes = Number(process.argv[3] ?? 200)
+  const merge = storeMergeRate()
   const results: SizeResult[] = []
   for (const size of sizes) results.push(await measure(size, writes))
   const fmt = (n: number, digits = 1) => n.toFixed(digits)
@@ -148,6 +192,8 @@ async function main(): Promise<void> {
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...results.map((r) => `| ${r.nodes} | ${r.writes} | ${fmt(r.p50)} ms | ${fmt(r.p99)} ms | ${fmt(r.max)} ms | ${fmt(r.appliedPerSecond, 0)} (${r.burstChanges} changes in ${fmt(r.burstMs, 0)} ms) | ${fmt(r.broadcastBytesPerChange, 0)} | ${fmt(r.totalBytesPerChange, 0)} | ${fmt(r.swimBytesPerNodePerSecond, 0)} |`),
     '',
+    `Store merge rate (one process, WAL on disk, no network): ${fmt(merge.insertsPerSecond, 0)} changes/s for new rows, ${fmt(merge.updatesPerSecond, 0)} changes/s for column updates.`,
+    'Burst: 50 transactions of 100 rows (20 000 changes) written on one node, timed until every other node applied all of them; all nodes share this machine\'s cores.',
     'Visibility: a one-column UPDATE through POST /v1/transactions on a random node, timed until a subscription on every node has delivered it.',
     'Bytes: UDP broadcast datagrams (and sync request/answer bodies) summed over all nodes, divided by the changes written; SWIM is membership traffic.',
   ]

@@ -9,7 +9,7 @@ import { rttRing, type BroadcastPeer } from './broadcast-planner.js'
 import { siteIdToUuid } from './changeset.js'
 import { CrrStore, type StatementInput, type TransactionOutcome } from './crr-store.js'
 import { DEFAULT_DISSEMINATION_CONFIG, Disseminator, type DisseminationConfig } from './dissemination.js'
-import { clusterTag as tagOf, DatagramKind, decodeDatagram, encodeSwimDatagram } from './gossip-codec.js'
+import { clusterTag as tagOf, DatagramKind, decodeDatagram, encodeSwimDatagram, peekChanges } from './gossip-codec.js'
 import { formatHostPort, hostUrl, parseHostPort, type HostPort } from './net-address.js'
 import type { Random } from './seeded-random.js'
 import { SubscriptionManager } from './subscriptions.js'
@@ -65,6 +65,9 @@ export interface CatalogStats {
   broadcasts: number
   broadcastDatagrams: number
   broadcastBytes: number
+  changesetsReceived: number
+  duplicatesReceived: number
+  relays: number
   swimDatagrams: number
   swimBytes: number
   syncRounds: number
@@ -288,6 +291,9 @@ export async function startCatalogNode(options: CatalogNodeOptions): Promise<Cat
   udp.on('message', (buffer, rinfo) => {
     if (closed) return
     const from = formatHostPort(rinfo.address, rinfo.port)
+    // Most change datagrams in a busy cluster are duplicates (relays, re-sends): skip decoding them.
+    const peek = peekChanges(buffer)
+    if (peek && buffer.readUInt32BE(4) === tag && !disseminator.wants(peek.site, peek.version, peek.chunkIndex)) return
     let datagram
     try {
       datagram = decodeDatagram(buffer, tag)
@@ -381,6 +387,9 @@ export async function startCatalogNode(options: CatalogNodeOptions): Promise<Cat
       broadcasts: disseminator.stats.broadcasts,
       broadcastDatagrams: disseminator.stats.datagramsSent,
       broadcastBytes: disseminator.stats.bytesSent,
+      changesetsReceived: disseminator.stats.changesetsReceived,
+      duplicatesReceived: disseminator.stats.duplicatesReceived,
+      relays: disseminator.stats.relays,
       swimDatagrams: counters.swimDatagrams,
       swimBytes: counters.swimBytes,
       syncRounds: syncStats.rounds,

@@ -132,6 +132,18 @@ export class Disseminator {
     }
   }
 
+  /** False when a CHANGES datagram for (site, version, chunk) would be a duplicate: the version
+   * is held or queued, or that chunk is already buffered. Counted as a duplicate. */
+  wants(site: string, version: number, chunkIndex: number): boolean {
+    const key = `${site}:${version}`
+    if (this.options.store.hasVersion(site, version) || this.queuedKeys.has(key) || this.reassembly.get(key)?.parts.has(chunkIndex)) {
+      this.stats.changesetsReceived++
+      this.stats.duplicatesReceived++
+      return false
+    }
+    return true
+  }
+
   /** A CHANGES datagram arrived. */
   onChanges(fromAddr: string, hopsLeft: number, chunkIndex: number, chunkCount: number, changeset: Changeset, raw: Buffer, now = Date.now()): void {
     if (this.closed) return

@@ -80,6 +80,22 @@ export function chunkChangeset(tag: number, hopsLeft: number, changeset: Changes
   return datagrams
 }
 
+/** The (site, version, chunk) a CHANGES datagram carries, read without decoding its changes,
+ * so duplicates cost almost nothing; null for other kinds or a short datagram. */
+export function peekChanges(buffer: Buffer): { site: string; version: number; chunkIndex: number } | null {
+  if (buffer.length < HEADER_BYTES + 4 + SITE_ID_BYTES || buffer[3] !== DatagramKind.Changes) return null
+  try {
+    const reader = new BinaryReader(buffer.subarray(HEADER_BYTES))
+    reader.u8()
+    const chunkIndex = reader.varuint()
+    reader.varuint()
+    const site = reader.raw(SITE_ID_BYTES).toString('hex')
+    return { site, version: reader.varuint(), chunkIndex }
+  } catch {
+    return null
+  }
+}
+
 /** Parses a datagram; throws CodecError (or TypeError for a bad SWIM body). */
 export function decodeDatagram(buffer: Buffer, expectedTag: number): Datagram {
   if (buffer.length < HEADER_BYTES) throw new CodecError('datagram shorter than its header')
