@@ -31,8 +31,8 @@ export function writeConfig(config: CliConfig): void {
 
 export function resolveApi(): { url: string; token: string; org?: string } {
   const config = readConfig()
-  const url = process.env.HANGAR_API_URL ?? config.api_url
-  const token = process.env.HANGAR_API_TOKEN ?? config.token
+  const url = process.env.HANGAR_API_URL || config.api_url
+  const token = process.env.HANGAR_API_TOKEN || config.token
   if (!url || !token) throw new Error('no Hangar API configured: run `hangar up`, or set HANGAR_API_URL and HANGAR_API_TOKEN')
   return { url: url.replace(/\/+$/, ''), token, org: process.env.HANGAR_ORG ?? config.org }
 }
