@@ -497,7 +497,8 @@ export class CrrStore {
           const args = argsOf(statements[i]!)
           let rowsAffected: number
           try {
-            if (stmt.reader) rowsAffected = stmt.all(...args).length
+            // A plain SELECT affects nothing; INSERT … RETURNING affects the rows it returns.
+            if (stmt.reader) rowsAffected = stmt.readonly ? (stmt.all(...args), 0) : stmt.all(...args).length
             else rowsAffected = stmt.run(...args).changes
           } catch (err) {
             throw new StatementError(i, (err as Error).message, { cause: err })

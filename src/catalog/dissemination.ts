@@ -188,7 +188,8 @@ export class Disseminator {
     for (const [key, entry] of this.reassembly) {
       if (now - entry.startedAt > this.config.reassemblyTimeoutMs) {
         this.reassembly.delete(key)
-        this.options.requestSync(entry.fromAddr, 'incomplete chunked version')
+        const [site, version] = key.split(':') as [string, string]
+        if (!this.options.store.hasVersion(site, Number(version))) this.options.requestSync(entry.fromAddr, 'incomplete chunked version')
       }
     }
   }
