@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command } from 'commander'
+import { Command, CommanderError } from 'commander'
 import { registerCatalogCommand } from './catalog-command.js'
 
 // Standalone entry for one catalog node, the same as `hangar catalog …`: used by the
@@ -9,6 +9,8 @@ import { registerCatalogCommand } from './catalog-command.js'
 const program = new Command().name('hangar-catalog').exitOverride()
 registerCatalogCommand(program)
 program.parseAsync(['node', 'hangar-catalog', 'catalog', ...process.argv.slice(2)]).catch((err: unknown) => {
+  // Commander has already printed its own usage errors.
+  if (err instanceof CommanderError) process.exit(err.exitCode)
   process.stderr.write(`Error: ${err instanceof Error ? err.message : String(err)}\n`)
   process.exit(1)
 })
