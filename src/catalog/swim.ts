@@ -467,7 +467,7 @@ export class SwimMachine {
 
 /** RTT is the minimum of the last few samples: a busy process answering late says nothing
  * about the network, and the rings must not flap with scheduling noise. */
-const RTT_SAMPLES = 8
+const RTT_SAMPLES = 16
 function recordRtt(member: Member, sample: number): void {
   member.rttSamples.push(Math.max(0, sample))
   if (member.rttSamples.length > RTT_SAMPLES) member.rttSamples.shift()
