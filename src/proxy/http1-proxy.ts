@@ -9,7 +9,7 @@ import {
 import { BodyFramer, composeHead, CRLFCRLF, dechunk, keptHeaderLines, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
 import type { MachineEntry, PortBinding, ServiceGroup } from './routing-table.js'
 import { DEFAULT_HEADERS_READ_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS } from './services.js'
-import type { UpstreamPool, Poolable } from './transport.js'
+import type { UpstreamPool, Poolable, Transport, UpstreamTarget } from './transport.js'
 import { forwardViaH2Backend } from './http-exchange.js'
 
 // The HTTP/1.1 data path (issue 3 "Handlers: http"): one object per client connection, a
@@ -36,13 +36,21 @@ export class UpstreamConn implements Poolable {
   reused = false
   connected = false
   error = ''
-  constructor(socket: net.Socket, key: string) {
+  constructor(transport: Transport, target: UpstreamTarget, key: string) {
+    // Responses are read into one shared buffer (no allocation per read); whatever outlives the
+    // read is copied, and a write that queues takes the buffer with it (see writeShared).
+    const socket = transport.connect(target, {
+      onread: {
+        buffer: sharedReadBuffer,
+        callback: (nread: number, buf: Uint8Array) => {
+          if (this.owner !== undefined) this.owner.onUpstreamData(this, (buf as Buffer).subarray(0, nread))
+          else socket.destroy() // an idle pooled connection must not speak
+          return true
+        },
+      },
+    })
     this.socket = socket
     this.key = key
-    socket.on('data', (chunk: Buffer) => {
-      if (this.owner !== undefined) this.owner.onUpstreamData(this, chunk)
-      else socket.destroy() // an idle pooled connection must not speak
-    })
     socket.on('drain', () => this.owner?.onUpstreamDrain())
     socket.once('connect', () => { this.connected = true })
     socket.on('error', (err: NodeJS.ErrnoException) => { this.error = err.code ?? err.message /* 'close' follows */ })
@@ -310,7 +318,7 @@ export class Http1Connection {
     const key = `${entry.upstreamHost}:${entry.upstreamPort}`
     let upstream = head.upgrade === '' ? this.pool.take(key) : undefined
     if (upstream === undefined) {
-      upstream = new UpstreamConn(this.ctx.transport.connect({ machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }), key)
+      upstream = new UpstreamConn(this.ctx.transport, { machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }, key)
     } else {
       upstream.reused = true
     }
@@ -401,7 +409,7 @@ export class Http1Connection {
   onUpstreamData(upstream: UpstreamConn, chunk: Buffer): void {
     if (upstream !== this.upstream) { upstream.destroy(); return }
     if (this.phase === Phase.Upgraded) {
-      if (!this.socket.write(chunk)) upstream.socket.pause()
+      if (!writeShared(this.socket, chunk)) upstream.socket.pause()
       return
     }
     this.responseBytes += chunk.length
@@ -418,7 +426,7 @@ export class Http1Connection {
     const end = buf.indexOf(CRLFCRLF)
     if (end === -1) {
       if (buf.length > MAX_RESPONSE_HEAD_BYTES) this.upstreamFailed('the Machine sent an oversized response head')
-      else this.upstreamBuf = buf
+      else this.upstreamBuf = Buffer.from(buf) // the read buffer is reused
       return
     }
     let res: ResponseHead
@@ -432,7 +440,7 @@ export class Http1Connection {
     const bodyStart = end + 4
     if (res.status >= 100 && res.status < 200 && res.status !== 101) {
       // Interim responses (100 Continue) pass through; the final one follows.
-      this.socket.write(buf.subarray(0, bodyStart))
+      writeShared(this.socket, buf.subarray(0, bodyStart))
       if (bodyStart < buf.length) this.onResponseHeadBytes(buf.subarray(bodyStart))
       return
     }
@@ -500,7 +508,7 @@ export class Http1Connection {
     if (this.discarding) {
       if (this.replayBody !== undefined && this.replay === undefined) {
         // JSON form: collect the body (bounded) to parse it.
-        const part = buf.subarray(start, end === -1 ? buf.length : end)
+        const part = Buffer.from(buf.subarray(start, end === -1 ? buf.length : end)) // the read buffer is reused
         if (this.replayJsonBody === NO_CHUNKS) this.replayJsonBody = [part]
         else this.replayJsonBody.push(part)
         this.replayJsonBytes += part.length
@@ -512,7 +520,7 @@ export class Http1Connection {
     const upstream = this.upstream!
     const last = end === -1 ? buf.length : end
     if (last > start) {
-      const ok = this.socket.write(start === 0 && last === buf.length ? buf : buf.subarray(start, last))
+      const ok = writeShared(this.socket, start === 0 && last === buf.length ? buf : buf.subarray(start, last))
       if (!ok) upstream.socket.pause()
     }
     if (end !== -1) {
@@ -784,6 +792,18 @@ export class Http1Connection {
     if (wasOpen || this.entry !== undefined) this.releaseEntry()
     else if (this.upstream !== undefined) this.releaseEntry()
   }
+}
+
+/** The one read buffer every upstream connection reads into (reads run one at a time). */
+let sharedBuffer = Buffer.allocUnsafe(64 * 1024)
+function sharedReadBuffer(): Buffer { return sharedBuffer }
+
+/** Writes bytes that may live in the shared read buffer. If the socket could not take them at
+ * once, the queued write still points into that buffer: later reads get a fresh one. */
+function writeShared(socket: net.Socket, data: Buffer): boolean {
+  const ok = socket.write(data)
+  if (socket.writableLength > 0) sharedBuffer = Buffer.allocUnsafe(64 * 1024)
+  return ok
 }
 
 const CONNECTION = Symbol('hangar.http1Connection')

@@ -12,9 +12,14 @@ export interface UpstreamTarget {
   port: number
 }
 
+export interface ConnectOptions {
+  /** Read into caller-provided memory instead of a fresh buffer per read (net.connect's onread). */
+  onread?: net.OnReadOpts
+}
+
 export interface Transport {
   /** A connecting socket to the target; 'connect' or 'error' follows. */
-  connect(target: UpstreamTarget): net.Socket
+  connect(target: UpstreamTarget, options?: ConnectOptions): net.Socket
 }
 
 /** A Machine that does not accept within this long is an upstream error (502 / close), not a
@@ -22,8 +27,8 @@ export interface Transport {
 export const CONNECT_TIMEOUT_MS = 5000
 
 export class LocalTransport implements Transport {
-  connect(target: UpstreamTarget): net.Socket {
-    const socket = net.connect({ host: target.host, port: target.port, noDelay: true })
+  connect(target: UpstreamTarget, options: ConnectOptions = {}): net.Socket {
+    const socket = net.connect({ host: target.host, port: target.port, noDelay: true, ...(options.onread ? { onread: options.onread } : {}) })
     socket.setTimeout(CONNECT_TIMEOUT_MS, () => socket.destroy(new Error(`connect to ${target.host}:${target.port} timed out`)))
     socket.once('connect', () => socket.setTimeout(0))
     return socket
