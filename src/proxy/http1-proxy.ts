@@ -217,9 +217,9 @@ export class Http1Connection {
 
   private handOffToHttp2(buf: Buffer): void {
     this.phase = Phase.Closed
-    this.socket.removeAllListeners('data')
-    this.socket.removeAllListeners('drain')
-    this.socket.removeAllListeners('close')
+    this.socket.removeListener('data', onClientSocketData)
+    this.socket.removeListener('drain', onClientSocketDrain)
+    this.socket.removeListener('close', onClientSocketClose)
     this.ctx.connections.delete(this)
     this.pending = undefined
     this.ctx.http2.accept(this.socket, this.listen, buf)
@@ -291,14 +291,15 @@ export class Http1Connection {
   }
 
   private replayFallbackTried = false
+  /** The group of the Machine that asked for the replay (fallback goes back there). */
+  private replaySourceGroup: ServiceGroup | undefined
 
   private fallBackToReplaySource(reason: 'timeout' | 'retries_exhausted' | 'no_candidate'): void {
     const from = this.replayFrom!
     this.replayFallbackTried = true
     this.extraRequestHeaders += `fly-replay-failed: ${formatReplayFailed({ instance: this.replay!.instance, app: this.replay!.app || from.route.app, region: this.replay!.regions.join(','), source: from.machineId, reason, elapsedMs: Date.now() - this.replayStartedAt })}\r\n`
     this.replay = undefined
-    const group = this.ctx.table.apps.get(from.route.app)?.groups.get(this.group!.key) ?? this.group!
-    this.route(group, (m) => m.machineId === from.machineId)
+    this.route(this.replaySourceGroup ?? this.group!, (m) => m.machineId === from.machineId)
   }
 
   private connectUpstream(entry: MachineEntry): void {
@@ -702,6 +703,7 @@ export class Http1Connection {
     }
     this.replay = instruction
     this.replayFrom = from
+    this.replaySourceGroup = this.group
     this.replayFallbackTried = false
     this.replayStartedAt = Date.now()
     let group = this.group!
