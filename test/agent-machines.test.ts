@@ -9,7 +9,7 @@ import { isIllegalState, isNotFound, type CreateMachineRequest, type MachineConf
 // The agent with real parts: crun guests under conmon, images from a real registry, overlay
 // rootfs, network namespaces. Each user-visible behaviour of a Machine's lifecycle.
 
-const EXTRA_APPLETS: LayerEntry[] = ['tr', 'seq', 'wc', 'grep', 'date', 'ip', 'nc', 'uname'].map((a) => ({ path: `bin/${a}`, type: 'symlink', target: '/usr/bin/busybox' }))
+const EXTRA_APPLETS: LayerEntry[] = ['tr', 'seq', 'wc', 'grep', 'date', 'ip', 'nc', 'uname', 'ping', 'stat'].map((a) => ({ path: `bin/${a}`, type: 'symlink', target: '/usr/bin/busybox' }))
 
 const httpGet = (host: string, port: number, path = '/'): Promise<{ status: number; body: string }> => new Promise((resolve, reject) => {
   const req = request({ host, port, path, timeout: 3000 }, (res) => {
@@ -72,6 +72,29 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
     assert.match(hosts.stdout, new RegExp(`${machine.private_ip.replace(/:/g, ':')}\\s+fly-local-6pn`))
     const hostname = await agent.execMachine(app, machine.id, { command: ['hostname'] })
     assert.equal(hostname.stdout.trim(), machine.id)
+    await agent.destroyMachine(app, machine.id, { force: true })
+  })
+
+  await t.test('a Machine reaches the host; files, processes and metadata shape the guest', async () => {
+    const gateway = host!.subnet.replace(/\.0\/\d+$/, '.1')
+    const machine = await create({
+      image: busybox,
+      init: { cmd: ['sleep', '1000'] },
+      processes: [{ cmd: ['sh', '-c', 'echo "$ROLE" > /role; exec sleep 1000'], env: { ROLE: 'worker' } }],
+      files: [{ guest_path: '/etc/app/config.json', raw_value: Buffer.from('{"ok":true}').toString('base64'), mode: 0o600 }],
+      metadata: { fly_process_group: 'worker' },
+    })
+    const ping = await agent.execMachine(app, machine.id, { command: ['ping', '-c', '1', '-W', '2', gateway] })
+    assert.equal(ping.exit_code, 0, `the Machine reaches the host's bridge address ${gateway}: ${ping.stdout}${ping.stderr}`)
+    assert.equal((await agent.execMachine(app, machine.id, { command: ['cat', '/etc/app/config.json'] })).stdout, '{"ok":true}')
+    assert.equal((await agent.execMachine(app, machine.id, { command: ['stat', '-c', '%a', '/etc/app/config.json'] })).stdout.trim(), '600')
+    assert.equal((await agent.execMachine(app, machine.id, { command: ['cat', '/role'] })).stdout, 'worker\n', 'processes[0] replaced the command and added its env')
+    assert.match((await agent.execMachine(app, machine.id, { command: ['env'] })).stdout, /FLY_PROCESS_GROUP=worker/)
+    await agent.destroyMachine(app, machine.id, { force: true })
+  })
+
+  await t.test('ps lists the guest processes', async () => {
+    const machine = await create({ image: http })
     const ps = await agent.processes(app, machine.id)
     assert.ok(ps.some((p) => p.command.startsWith('httpd')))
     await agent.destroyMachine(app, machine.id, { force: true })

@@ -79,7 +79,24 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
     assert.equal((await json(named)).status, 'name_taken')
   })
 
+  await t.test('create with skip_launch leaves the Machine created; lease_ttl returns a nonce that guards it', async () => {
+    const created = await json(await post('/v1/apps/web/machines', { config: { image: busybox, init: { cmd: ['sleep', '1000'] } }, skip_launch: true, lease_ttl: 30 }))
+    assert.equal(created.state, 'created')
+    assert.match(created.nonce, /^[0-9a-f]{32}$/)
+    const refused = await post(`/v1/apps/web/machines/${created.id}/start`)
+    assert.equal(refused.status, 409, 'the lease made at create guards the Machine')
+    assert.equal((await post(`/v1/apps/web/machines/${created.id}/start`, undefined, { 'fly-machine-lease-nonce': created.nonce })).status, 200)
+    // fly-go's StopMachineInput also sends the id in the body.
+    assert.equal((await post(`/v1/apps/web/machines/${created.id}/stop`, { id: created.id, signal: 'SIGKILL' }, { 'fly-machine-lease-nonce': created.nonce })).status, 200)
+    const waited = await json(await p.fetch(`/v1/apps/web/machines/${created.id}/wait?state=stopped&instance_id=${created.instance_id}&timeout=10`))
+    assert.equal(waited.version, created.instance_id)
+    const otherVersion = await p.fetch(`/v1/apps/web/machines/${created.id}/wait?state=stopped&version=01HZZZZZZZZZZZZZZZZZZZZZZZ&timeout=1`)
+    assert.equal(otherVersion.status, 408, 'waiting for a version the Machine is not at times out')
+    assert.equal((await p.fetch(`/v1/apps/web/machines/${created.id}?force=true`, { method: 'DELETE', headers: { 'fly-machine-lease-nonce': created.nonce } })).status, 200)
+  })
+
   await t.test('bad input: malformed JSON, wrong types, unknown fields, huge bodies, bad values', async () => {
+    const machinesBefore = (await json(await p.fetch('/v1/apps/web/machines?include_deleted=true'))).length
     const cases: Array<[unknown, RegExp]> = [
       ['{"config": ', /not valid JSON/],
       [{ config: { image: 5 } }, /config\.image: expected a string, got 5/],
@@ -110,7 +127,7 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
     assert.equal(missingImage.status, 422)
     assert.match((await json(missingImage)).error, /missing/)
     const machines = await json(await p.fetch('/v1/apps/web/machines?include_deleted=true'))
-    assert.equal(machines.length, 1, 'no half-made Machine was left by any bad request')
+    assert.equal(machines.length, machinesBefore, 'no half-made Machine was left by any bad request')
     assert.equal((await p.fetch('/v1/apps/web/machines')).status, 200, 'the API still answers')
   })
 
@@ -136,6 +153,7 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
     assert.equal((await json(await p.fetch(`${base}/wait?state=settled&timeout=10`))).state, 'suspended')
     assert.equal((await post(`${base}/start`)).status, 200)
     assert.equal((await post(`${base}/restart?signal=SIGTERM&timeout=5`)).status, 200)
+    assert.equal((await post(`${base}/restart?force_stop=true`)).status, 200, 'fly-go sends force_stop')
     assert.equal((await json(await p.fetch(`${base}/wait?state=started`))).state, 'started')
     // httpd does not handle SIGUSR1: it dies of it, tini reports 128+10, and on-failure restarts it.
     const exitsBefore = (await json(await p.fetch(`${base}/events?limit=50`))).filter((e: { type: string }) => e.type === 'exit').length

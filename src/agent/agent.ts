@@ -772,8 +772,14 @@ export class Agent {
     if (exit) return exit
     const status = await this.options.driver.status(machineId)
     if (status === 'absent' || status === 'stopped') {
-      const again = await this.options.driver.exitStatus(machineId)
-      return again ?? { exitCode: 137, signal: 9, oomKilled: false, exitedAt: new Date() }
+      // The monitor writes the exit file just after the guest ends: give it a moment before
+      // concluding that it died too and nobody recorded how the guest exited.
+      for (let i = 0; i < 100; i++) {
+        const late = await this.options.driver.exitStatus(machineId)
+        if (late) return late
+        await delay(20)
+      }
+      return { exitCode: 137, signal: 9, oomKilled: false, exitedAt: new Date() }
     }
     return undefined
   }
