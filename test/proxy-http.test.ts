@@ -1,5 +1,6 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
+import http from 'node:http'
 import http2 from 'node:http2'
 import net from 'node:net'
 import { Agent, request } from 'undici'
@@ -103,6 +104,49 @@ describe('proxy: HTTP', () => {
     assert.match(responses[1]!, /transfer-encoding: chunked/i)
     assert.match(responses[1]!, /hello /)
     assert.ok(responses[2]!.includes('"body":"hello"'), 'a chunked request body arrives decoded by the Machine')
+  })
+
+  it('HEAD, HTTP/1.0 without Host, and Expect: 100-continue', async () => {
+    const socket = net.connect(port, '127.0.0.1')
+    await new Promise((resolve) => socket.once('connect', resolve))
+    try {
+      let out = ''
+      socket.on('data', (d: Buffer) => { out += d.toString('latin1') })
+      socket.write(`HEAD /h HTTP/1.1\r\nHost: web.${domain}\r\n\r\nGET /after-head HTTP/1.1\r\nHost: web.${domain}\r\n\r\n`)
+      await waitFor(() => out.includes('"url":"/after-head"'), 3000, 'the request after HEAD')
+      assert.equal(out.split('HTTP/1.1 200 OK').length - 1, 2, 'a HEAD response has no body; the next response follows on the same connection')
+    } finally { socket.destroy() }
+
+    const http10 = net.connect(port, '127.0.0.1')
+    try {
+      let out = ''
+      http10.on('data', (d: Buffer) => { out += d.toString('latin1') })
+      http10.write('GET /old HTTP/1.0\r\n\r\n')
+      await new Promise((resolve) => http10.once('close', resolve))
+      // Several apps share this port and HTTP/1.0 sent no Host: nothing to route by.
+      assert.match(out, /^HTTP\/1.1 404 /)
+    } finally { http10.destroy() }
+    const slowPortHttp10 = net.connect(slowPort, '127.0.0.1')
+    try {
+      let out = ''
+      slowPortHttp10.on('data', (d: Buffer) => { out += d.toString('latin1') })
+      slowPortHttp10.write('GET /old HTTP/1.0\r\n\r\n')
+      await new Promise((resolve) => slowPortHttp10.once('close', resolve))
+      assert.match(out, /^HTTP\/1.1 200 OK/)
+      assert.match(out, /"host":"slow\.apps\.test"/, 'the proxy adds the Host an HTTP/1.1 Machine needs')
+    } finally { slowPortHttp10.destroy() }
+
+    // node:http sends the body only after the Machine's 100 Continue came through the proxy.
+    const answer = await new Promise<Answer>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/continue', headers: { host: `web.${domain}`, expect: '100-continue', 'content-length': 4 } }, (res) => {
+        let body = ''
+        res.on('data', (d: Buffer) => { body += d.toString() })
+        res.on('end', () => resolve(JSON.parse(body) as Answer))
+      })
+      req.on('continue', () => req.end('data'))
+      req.on('error', reject)
+    })
+    assert.equal(answer.body, 'data')
   })
 
   it('answers HTTP/2 with prior knowledge (h2c) and speaks h2c to an h2_backend Machine', async () => {

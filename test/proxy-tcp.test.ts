@@ -52,6 +52,8 @@ describe('proxy: TLS, pg_tls, PROXY protocol, raw TCP', () => {
     await harness.machine(machineRoute({ machineId: 'web1', app: 'web', address: loopbackAddress(), services: [webService] }))
     await harness.machine(machineRoute({ machineId: 'other1', app: 'other', address: loopbackAddress(), services: [webService] }))
     await harness.machine(machineRoute({ machineId: 'echo1', app: 'echo', address: loopbackAddress(), services: [tcpService(ports.tlsRaw, ['tls']), tcpService(ports.raw, [])] }), 'echo')
+    // A second app on the tls-only port: SNI alone tells them apart.
+    await harness.machine(machineRoute({ machineId: 'tlsweb1', app: 'tlsweb', address: loopbackAddress(), services: [tcpService(ports.tlsRaw, ['tls'])] }))
     await harness.machine(machineRoute({ machineId: 'pp1', app: 'pp', address: loopbackAddress(), services: [tcpService(ports.ppv1, ['proxy_proto']), tcpService(ports.ppv2, ['tls', 'proxy_proto'], { proxy_proto_options: { version: 'v2' } })] }), 'proxyproto')
     harness.source.setApp({ app: 'other', org: 'test-org', hostnames: ['shop.example.com', 'custom.example.com'] })
     // An operator-provided certificate for one custom hostname wins over an issued one.
@@ -146,9 +148,15 @@ describe('proxy: TLS, pg_tls, PROXY protocol, raw TCP', () => {
     } finally { await agent.close() }
   })
 
-  it('tls without http, and no handler at all, pass raw bytes through', async () => {
+  it('tls without http (apps told apart by SNI), and no handler at all, pass raw bytes through', async () => {
     const secure = await connectTls(ports.tlsRaw, `echo.${domain}`)
     try { assert.equal(await exchange(secure, 'over tls', (t) => t === 'over tls'), 'over tls') } finally { secure.destroy() }
+    const other = await connectTls(ports.tlsRaw, `tlsweb.${domain}`)
+    try {
+      const reply = await exchange(other, `GET /by-sni HTTP/1.1\r\nHost: whatever\r\nConnection: close\r\n\r\n`, (t) => t.includes('"machine"'))
+      assert.match(reply, /"machine":"tlsweb1"/, 'the SNI name picked the app on a shared tls-only port')
+      assert.doesNotMatch(reply, /fly-client-ip/i, 'no http handler: the bytes pass untouched')
+    } finally { other.destroy() }
     const plain = net.connect(ports.raw, '127.0.0.1')
     try { assert.equal(await exchange(plain, 'plain bytes', (t) => t === 'plain bytes'), 'plain bytes') } finally { plain.destroy() }
   })
