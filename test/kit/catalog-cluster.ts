@@ -60,8 +60,9 @@ export async function startNodeProcess(options: StartNodeOptions): Promise<Catal
   })
   const log = createWriteStream(join(options.dir, `${options.name}.log`), { flags: 'a' })
   child.stderr!.pipe(log)
+  const readyTimeoutMs = 60_000
   const ready = await new Promise<{ site_id: string; api_url: string; gossip_addr: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`catalog node ${options.name} not ready within 15 s (log: ${join(options.dir, options.name + '.log')})`)), 15_000)
+    const timer = setTimeout(() => reject(new Error(`catalog node ${options.name} not ready within ${readyTimeoutMs / 1000} s (log: ${join(options.dir, options.name + '.log')})`)), readyTimeoutMs)
     const lines = createInterface({ input: child.stdout! })
     lines.once('line', (line) => {
       clearTimeout(timer)
@@ -71,6 +72,14 @@ export async function startNodeProcess(options: StartNodeOptions): Promise<Catal
       clearTimeout(timer)
       reject(new Error(`catalog node ${options.name} exited (${code ?? signal}) before it was ready; log: ${join(options.dir, options.name + '.log')}`))
     })
+  }).catch(async (err: unknown) => {
+    // Never leave a half-started process behind.
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    }
+    throw err
   })
   const node: CatalogNodeProcess = { name: options.name, dbPath, apiUrl: ready.api_url, gossipAddr: ready.gossip_addr, siteId: ready.site_id, child, args: options, running: true }
   child.once('exit', () => { node.running = false })
@@ -132,14 +141,15 @@ export async function startCatalogCluster(count: number, options: { names?: stri
     },
     async close() {
       await Promise.all(nodes.map((n) => stopNode(n, 'SIGKILL').catch(() => {})))
-      if (!process.env.HANGAR_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
+      if (!process.env.HANGAR_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 })
     },
   }
   try {
     const names = options.names ?? Array.from({ length: count }, (_, i) => `n${i + 1}`)
     await cluster.add(names[0]!)
-    // The rest start together, as a fleet does.
-    await Promise.all(names.slice(1).map((name) => cluster.add(name)))
+    // The rest start together, as a fleet does (eight at a time, so 30 processes booting on a
+    // small machine do not starve each other past the ready timeout).
+    for (let i = 1; i < names.length; i += 8) await Promise.all(names.slice(i, i + 8).map((name) => cluster.add(name)))
   } catch (err) {
     await cluster.close()
     throw err
