@@ -9,6 +9,7 @@ import { bridgeNameFor, defaultMachineSubnet } from '../network/index.js'
 import { CrunDriver } from '../runtime/index.js'
 import { Agent } from './agent.js'
 import { serveAgent, type HostInfo } from './agent-service.js'
+import { ReservationLedger, serveOffers } from '../placement/index.js'
 import type { ImagePort } from './ports.js'
 
 // `hangar agent`: one host's agent as its own process (the host supervisor starts it). It owns
@@ -29,6 +30,9 @@ export interface AgentProcessOptions {
   /** How many Machine CPUs one host core may carry (default 16) and memory overcommit (default 4). */
   cpuOvercommit?: number
   memoryOvercommit?: number
+  /** Fixed capacity, overriding the computed one (operators, and tests of placement). */
+  capacityCpus?: number
+  capacityMemoryMb?: number
   logger?: Logger
 }
 
@@ -92,12 +96,19 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
       id: hostId, region: options.region, addr: options.hostAddress ?? '127.0.0.1', proxyAddr: options.proxyAddr, catalogUrl: options.catalogUrl,
       // Machines rarely use all they are given: shared CPUs are overcommitted 16× (Fly's shared
       // vCPU is a 1/16 share of a core) and memory 4× by default; operators tune both.
-      capacity: { cpus: cpus().length * (options.cpuOvercommit ?? 16), memoryMb: Math.floor((totalmem() / 1024 / 1024) * (options.memoryOvercommit ?? 4)) },
+      capacity: {
+        cpus: options.capacityCpus ?? cpus().length * (options.cpuOvercommit ?? 16),
+        memoryMb: options.capacityMemoryMb ?? Math.floor((totalmem() / 1024 / 1024) * (options.memoryOvercommit ?? 4)),
+      },
       usage: { machines: usage.machines, cpus: usage.cpus, memoryMb: usage.memoryMb },
       startedAt,
     }
   }
-  const stopServing = serveAgent({ agent, bus, info, logger })
+  // The host's side of the placement market: offers and short reservations (DESIGN "Placement").
+  const ledger = new ReservationLedger()
+  const resources = () => { const i = info(); return { capacity: i.capacity, used: { cpus: i.usage.cpus, memoryMb: i.usage.memoryMb } } }
+  const stopOffers = serveOffers({ bus, hostId, region: options.region, ledger, resources, logger })
+  const stopServing = serveAgent({ agent, bus, info, logger, ledger, resources })
   logger.info('agent ready', { hostId, region: options.region, machines: agent.usage().machines })
   let closed = false
   return {
@@ -106,6 +117,7 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
       if (closed) return
       closed = true
       stopServing()
+      stopOffers()
       await agent.close()
       await driver.close()
       await images.close()

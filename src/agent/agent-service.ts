@@ -1,5 +1,6 @@
 import { Bus, SUBJECTS } from '../bus/index.js'
-import type { Logger } from '../core/index.js'
+import { InsufficientCapacityError, type Logger } from '../core/index.js'
+import type { HostResources, ReservationLedger } from '../placement/index.js'
 import type { Agent } from './agent.js'
 
 // The agent on the bus: the API's commands arrive on `hangar.agent.<host>.rpc`, and every Machine
@@ -24,12 +25,32 @@ export interface AgentServiceOptions {
   info: () => HostInfo
   logger: Logger
   heartbeatMs?: number
+  /** The host's reservations (placement market) and resources, to honour a create's reservation. */
+  ledger?: ReservationLedger
+  resources?: () => HostResources
 }
 
 export function serveAgent(options: AgentServiceOptions): () => void {
   const { agent, bus } = options
   const handlers = {
-    create: (p: { app: string; org: string; network: number; primaryRegion?: string; request: Parameters<Agent['createMachine']>[0]['request']; secrets?: Record<string, string> }) => agent.createMachine(p),
+    create: async (p: { app: string; org: string; network: number; primaryRegion?: string; reservationId?: string; request: Parameters<Agent['createMachine']>[0]['request']; secrets?: Record<string, string> }) => {
+      const { ledger, resources } = options
+      if (!ledger || !resources) return agent.createMachine(p)
+      const need = { cpus: p.request.config.guest?.cpus ?? 1, memoryMb: p.request.config.guest?.memory_mb ?? 256 }
+      // The reservation the offer made holds the resources until the Machine is recorded (then
+      // its usage counts). One that lapsed is taken again if there is still room.
+      let reservationId = p.reservationId
+      if (!reservationId || !ledger.extend(reservationId, 120_000)) {
+        const fresh = ledger.reserve(resources(), need, 120_000)
+        if (!fresh) throw new InsufficientCapacityError(`host ${agent.hostId} no longer has room for ${need.cpus} CPU / ${need.memoryMb} MB`)
+        reservationId = fresh.id
+      }
+      try {
+        return await agent.createMachine(p)
+      } finally {
+        ledger.release(reservationId)
+      }
+    },
     get: (p: { app: string; id: string; includeLease?: boolean }) => agent.getMachine(p.app, p.id, { includeLease: p.includeLease }),
     list: (p: { app: string; filters: Parameters<Agent['listMachines']>[1] }) => agent.listMachines(p.app, p.filters),
     update: (p: { app: string; id: string; request: Parameters<Agent['updateMachine']>[2]; nonce?: string; secrets?: Record<string, string> }) => agent.updateMachine(p.app, p.id, p.request, p.nonce, p.secrets),

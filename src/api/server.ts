@@ -7,7 +7,7 @@ import {
   type Logger, type LogLine, type Machine, type MachineState, type UpdateMachineRequest, type WaitableState, ALL_STATES,
 } from '../core/index.js'
 import type { HostInfo } from '../agent/index.js'
-import { rankBestFit } from '../placement/index.js'
+import { PlacementMarket, parseRegions, type Placement } from '../placement/index.js'
 import { ApiStore, type AppRow } from './api-store.js'
 import type { ApiAuth, ApiAction, Caller } from './api-auth.js'
 import { Tenancy } from './auth-tenancy.js'
@@ -105,6 +105,7 @@ export const ROUTE_MODULES: RouteModule[] = [orgRoutes, tokenRoutes, secretRoute
 
 function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router {
   const router = new Router()
+  const market = new PlacementMarket(bus, (region) => (region === 'any' ? hosts.alive().length : hosts.alive().filter((h) => h.region === region).length), { logger })
 
   const caller = (ctx: RequestContext) => auth.authenticate(ctx.header('authorization'))
 
@@ -261,9 +262,9 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
     validateAgainstSpec(body, 'CreateMachineRequest')
     const request = body as CreateMachineRequest
     checkCreateRequest(request)
-    const host = await placeMachine(hosts, request)
-    const machine = await agentCall<Machine>(host.id, 'create', { app: app.name, org: app.org, network: app.network, primaryRegion: app.primaryRegion || undefined, request, secrets: secretsFor(app, request) })
-    store.indexMachine(machine.id, app.name, host.id, machine.state)
+    const placement = await placeMachine(hosts, market, request)
+    const machine = await agentCall<Machine>(placement.hostId, 'create', { app: app.name, org: app.org, network: app.network, primaryRegion: app.primaryRegion || undefined, reservationId: placement.reservationId, request, secrets: secretsFor(app, request) })
+    store.indexMachine(machine.id, app.name, placement.hostId, machine.state)
     return machine
   })
 
@@ -414,6 +415,21 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
   const api: ApiContext = { store, bus, hosts, auth, logger, tenancy, caller, appFor, agentCall, hostOf }
   for (const register of ROUTE_MODULES) register(router, api)
 
+  // reference §1.2 / §10: a placement simulation — how many Machines of a size each region takes now.
+  router.add('POST', '/v1/platform/placements', async (ctx) => {
+    const who = await caller(ctx)
+    const body = await ctx.body()
+    validateAgainstSpec(body, 'main.getPlacementsRequest')
+    const request = body as { org_slug?: string; compute?: { cpus?: number; memory_mb?: number }; count?: number; region?: string }
+    if (!request.org_slug) throw new InvalidArgumentError('org_slug is required')
+    if (!who.orgs.includes(request.org_slug)) throw new NotFoundError(`organization ${request.org_slug.slice(0, 80)}`)
+    const count = request.count ?? 0
+    if (!Number.isInteger(count) || count < 0 || count > 100_000) throw new InvalidArgumentError('count must be 0–100000')
+    // The spec's default compute is a performance-1x (1 CPU, 2048 MB).
+    const need = { cpus: request.compute?.cpus ?? 1, memoryMb: request.compute?.memory_mb ?? 2048 }
+    return { regions: await market.simulate(request.region, need, count === 0 ? Number.MAX_SAFE_INTEGER : count) }
+  })
+
   // ── platform ──
   router.add('GET', '/v1/platform/regions', async (ctx) => {
     await caller(ctx)
@@ -425,19 +441,18 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
 }
 
 /** Picks the host for a new Machine: hosts in the requested region(s) that fit, best fit first. */
-async function placeMachine(hosts: HostDirectory, request: CreateMachineRequest): Promise<HostInfo> {
-  let alive = hosts.alive()
-  if (alive.length === 0) { await hosts.refresh(500); alive = hosts.alive() }
-  const wanted = (request.region ?? '').split(',').map((r) => r.trim()).filter(Boolean)
-  const candidates = wanted.length === 0 || wanted.includes('any') ? alive : alive.filter((h) => wanted.includes(h.region))
-  if (candidates.length === 0) {
-    const known = [...new Set(alive.map((h) => h.region))].join(', ') || 'none'
-    throw new InsufficientCapacityError(`no host in region ${wanted.join(',') || '(any)'} can run the machine (regions with hosts: ${known})`)
-  }
+async function placeMachine(hosts: HostDirectory, market: PlacementMarket, request: CreateMachineRequest): Promise<Placement> {
+  if (hosts.alive().length === 0) await hosts.refresh(500)
   const need = { cpus: request.config.guest?.cpus ?? 1, memoryMb: request.config.guest?.memory_mb ?? 256 }
-  const ranked = rankBestFit(candidates.map((h) => ({ ...h, hostId: h.id, used: h.usage })), need)
-  if (ranked.length === 0) throw new InsufficientCapacityError(`no host in region ${wanted.join(',') || '(any)'} has room for ${need.cpus} CPU(s) and ${need.memoryMb} MB`)
-  return ranked[0]!
+  try {
+    return await market.place(request.region, need)
+  } catch (err) {
+    if (!(err instanceof InsufficientCapacityError)) throw err
+    const regions = parseRegions(request.region)
+    const known = hosts.regions()
+    if (regions.every((r) => r !== 'any' && !known.includes(r))) throw new InsufficientCapacityError(`no host in region ${regions.join(', ')} (regions with hosts: ${known.join(', ') || 'none'})`)
+    throw err
+  }
 }
 
 function listParam(query: URLSearchParams, name: string): string[] {

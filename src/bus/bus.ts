@@ -79,11 +79,13 @@ export class Bus {
     return reply.result as T
   }
 
-  /** Scatter-gather: every responder's answer that arrives within `maxWaitMs`. */
-  async gather<T>(subject: string, payload: unknown, maxWaitMs: number): Promise<T[]> {
+  /** Scatter-gather: every responder's answer that arrives within `maxWaitMs`; with `expected`,
+   * it returns as soon as that many have answered. */
+  async gather<T>(subject: string, payload: unknown, maxWaitMs: number, expected?: number): Promise<T[]> {
     const answers: T[] = []
     try {
-      const replies = await this.connection.requestMany(subject, JSON.stringify(payload), { strategy: 'timer', maxWait: maxWaitMs })
+      const options = expected ? { strategy: 'count' as const, maxMessages: expected, maxWait: maxWaitMs } : { strategy: 'timer' as const, maxWait: maxWaitMs }
+      const replies = await this.connection.requestMany(subject, JSON.stringify(payload), options)
       for await (const msg of replies) {
         try { answers.push(JSON.parse(new TextDecoder().decode(msg.data)) as T) } catch { /* not ours */ }
       }

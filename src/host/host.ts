@@ -19,6 +19,9 @@ export interface HostOptions {
   /** More `hangar proxy` flags (e.g. --metrics, --domain, --queue-wait). */
   proxyArgs?: string[]
   autostopInterval?: string
+  /** Fixed capacity offered to the placement market (default: from the machine, overcommitted). */
+  capacityCpus?: number
+  capacityMemoryMb?: number
   /** Upper bound of the restart backoff for components that keep dying. */
   maxRestartBackoffMs?: number
   extraComponents?: ComponentSpec[]
@@ -38,6 +41,8 @@ export async function runHost(options: HostOptions): Promise<void> {
   const agentArgs = ['agent', '--data-dir', options.dataDir, '--region', options.region, '--nats', options.natsUrl, '--host-id', hostId]
   if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
+  if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
+  if (options.capacityMemoryMb) agentArgs.push('--memory-mb', String(options.capacityMemoryMb))
   const components: ComponentSpec[] = [cliComponent('agent', agentArgs)]
   if (options.proxyListen !== undefined) {
     const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,

@@ -26,6 +26,8 @@ export interface Platform {
   org: string
   region: string
   hostDir: string
+  /** Data dirs of the hosts beyond the first (`extraHosts`), which run no proxy. */
+  extraHostDirs: string[]
   /** The loopback address the host's proxy binds apps' public ports on (e.g. 80 for http_service). */
   proxyAddr: string
   /** Lines `kind:step:begin|done` make the agent kill itself with SIGKILL there (crash tests). */
@@ -47,7 +49,7 @@ export function freePort(): Promise<number> {
   })
 }
 
-export async function startPlatform(options: { region?: string; hostArgs?: string[] } = {}): Promise<Platform> {
+export async function startPlatform(options: { region?: string; hostArgs?: string[]; extraHosts?: Array<{ region: string; args?: string[] }> } = {}): Promise<Platform> {
   const region = options.region ?? 'tst'
   const root = mkdtempSync(join(tmpdir(), 'hangar-platform-'))
   const hostDir = join(root, 'host')
@@ -57,17 +59,22 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
   let nats: NatsServer | undefined
   let api: RunningApi | undefined
   let host: ChildProcess | undefined
-  const close = async () => {
-    if (host && host.exitCode === null && host.signalCode === null) {
-      const exited = new Promise<void>((resolve) => host!.once('exit', () => resolve()))
-      host.kill('SIGTERM')
-      const timer = setTimeout(() => host!.kill('SIGKILL'), 15_000)
+  const extraHosts: Array<{ process: ChildProcess; dir: string }> = []
+  const stopHost = async (child: ChildProcess | undefined, dir: string) => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
       await exited
       clearTimeout(timer)
     }
-    const agentPidFile = join(hostDir, 'agent.pid')
+    const agentPidFile = join(dir, 'agent.pid')
     if (existsSync(agentPidFile)) { try { process.kill(Number(readFileSync(agentPidFile, 'utf8')), 'SIGKILL') } catch { /* gone */ } }
-    await cleanupHost(hostDir).catch(() => undefined)
+    await cleanupHost(dir).catch(() => undefined)
+  }
+  const close = async () => {
+    await stopHost(host, hostDir)
+    for (const extra of extraHosts) await stopHost(extra.process, extra.dir)
     await api?.close()
     await nats?.stop()
     rmSync(root, { recursive: true, force: true })
@@ -83,8 +90,17 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
       stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(log)
+    for (const [i, extra] of (options.extraHosts ?? []).entries()) {
+      const dir = join(root, `host-${i + 1}`)
+      const extraLog = openSync(join(root, `host-${i + 1}.log`), 'a')
+      const child = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', dir, '--region', extra.region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--no-proxy', ...(extra.args ?? [])], {
+        stdio: ['ignore', extraLog, extraLog], env: { ...process.env, HANGAR_SKIP_SETUP: '1' },
+      })
+      closeSync(extraLog)
+      extraHosts.push({ process: child, dir })
+    }
     const platform: Platform = {
-      natsUrl: nats.url, api, apiUrl: api.url, token, org: 'personal', region, hostDir, crashPointsFile, proxyAddr,
+      natsUrl: nats.url, api, apiUrl: api.url, token, org: 'personal', region, hostDir, crashPointsFile, proxyAddr, extraHostDirs: extraHosts.map((h) => h.dir),
       client: new ApiClient(api.url, token),
       agentPid() {
         try { return Number(readFileSync(join(hostDir, 'agent.pid'), 'utf8')) } catch { return undefined }
@@ -113,9 +129,9 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
       },
       close,
     }
-    // Ready when the host is registered in its region.
+    // Ready when every host is registered.
     const deadline = Date.now() + 30_000
-    while (!api.hosts.regions().includes(region)) {
+    while (!api.hosts.regions().includes(region) || api.hosts.alive().length < 1 + extraHosts.length) {
       if (Date.now() > deadline) throw new Error(`the host did not register (see ${join(root, 'host.log')})`)
       await new Promise((r) => setTimeout(r, 50))
     }

@@ -22,11 +22,15 @@ export function registerDaemons(program: Command): void {
     .option('--no-proxy', 'run no proxy on this host')
     .option('--proxy-metrics <host:port>', "serve the proxy's Prometheus metrics here")
     .option('--domain <domain>', 'apps answer at <app>.<domain>', 'hangar.local')
+    .option('--cpus <n>', 'Machine CPUs this host offers (default: cores × 16, shared CPUs overcommitted)')
+    .option('--memory-mb <n>', 'Machine memory this host offers (default: RAM × 4)')
     .action(async (opts) => {
       await runHost({
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
+        capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
+        capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
         proxyArgs: ['--domain', opts.domain, ...(opts.proxyMetrics ? ['--metrics', opts.proxyMetrics] : [])],
       })
     })
@@ -40,8 +44,13 @@ export function registerDaemons(program: Command): void {
     .option('--machine-subnet <cidr>')
     .option('--host-address <addr>')
     .option('--insecure-registry <host...>', 'registries reached over plain HTTP')
+    .option('--cpus <n>')
+    .option('--memory-mb <n>')
     .action(async (opts) => {
-      await runAgentProcess({ dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress, insecureRegistries: opts.insecureRegistry })
+      await runAgentProcess({
+        dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
+        insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
+      })
     })
 
   program.command('api')
