@@ -307,13 +307,24 @@ describe('proxy: HTTP', () => {
     await waitFor(async () => { try { await get('/', 'anything', {}, newPort); return false } catch { return true } }, 1000, 'the port to close')
   })
 
-  it('a Machine that refuses connections is a 502 and an upstream error, not a hang', async () => {
+  it('a Machine that refuses connections: the request is retried on another Machine and the Machine leaves rotation briefly; with none, a 502, not a hang', async () => {
+    // The closest Machine of `retry` is down (its process is gone); requests still succeed.
+    harness.source.upsert(machineRoute({ machineId: 'r-dead', app: 'retry', address: loopbackAddress(), services: [httpService(port)] }))
+    await harness.machine(machineRoute({ machineId: 'r-live', app: 'retry', address: loopbackAddress(), services: [httpService(port)], hostId: 'host-far' }))
+    for (let i = 0; i < 3; i++) {
+      const res = await get('/', `retry.${domain}`)
+      assert.equal(res.status, 200)
+      assert.equal(res.json().machine, 'r-live')
+    }
+    assert.equal(proxy.metrics.app('retry').upstreamErrors, 1, 'after the first refusal the Machine is out of rotation for a while')
+
     harness.source.upsert(machineRoute({ machineId: 'dead1', app: 'dead', address: loopbackAddress(), services: [httpService(port)] }))
     const res = await get('/', `dead.${domain}`)
     assert.equal(res.status, 502)
     assert.match(res.text, /could not connect to the Machine dead1 \(ECONNREFUSED\)/)
-    assert.equal(proxy.metrics.app('dead').upstreamErrors, 1)
+    assert.ok(proxy.metrics.app('dead').upstreamErrors >= 1)
     harness.source.remove('dead1')
+    harness.source.remove('r-dead')
   })
 
   it('gives back every unit of load it took: all Machines at 0 once clients are done', async () => {

@@ -191,6 +191,8 @@ export class ConnectionHandlers {
         if (!connected) {
           ctx.metrics.app(group.app).upstreamErrors++
           ctx.logger.warn('upstream connect failed', { app: group.app, machineId: chosen.machineId })
+          // The next connections go elsewhere (or wait) while this Machine refuses them.
+          ctx.table.markUnhealthy(chosen, group, 1000)
         }
       })
       upstream.on('close', () => { release(); client.destroy() })

@@ -113,7 +113,7 @@ export class Dispatcher {
       return entry
     }
     const state = this.state(group)
-    if (!started && entry === undefined && state.starting === undefined && !group.machines.some((m) => m.routable && (accept === undefined || accept(m)))) {
+    if (!started && entry === undefined && state.starting === undefined && !group.machines.some((m) => m.recovering && (accept === undefined || accept(m)))) {
       return Promise.reject(new RefusedError('no_machines', `no started Machine of app ${group.app} can take this request`))
     }
     return this.enqueue(group, accept, started || state.starting !== undefined ? this.options.limits.startTimeoutMs : this.options.limits.maxWaitMs)

@@ -236,6 +236,7 @@ export class Http1Connection {
     this.replayBody = undefined
     this.replayFrom = undefined
     this.extraRequestHeaders = ''
+    this.failedMachines = NO_IDS
     if (head.chunked) this.reqFramer.reset('chunked')
     else if (head.contentLength > 0) this.reqFramer.reset('length', head.contentLength)
     else this.reqFramer.reset('none')
@@ -261,6 +262,7 @@ export class Http1Connection {
   /** Fly's client routing headers (reference §3.1) and fly-replay targets become a filter. */
   private route(group: ServiceGroup, accept: Accept | undefined): void {
     this.group = group
+    this.routeAccept = accept
     const result = this.ctx.dispatcher.acquire(group, accept)
     if (!(result instanceof Promise)) { this.connectUpstream(result); return }
     this.phase = Phase.Routing
@@ -283,6 +285,11 @@ export class Http1Connection {
         this.fallBackToReplaySource('no_candidate')
         return
       }
+      if (this.failedMachines.length > 0) {
+        // It failed on a Machine and found no other in time: the Machine's failure is the news.
+        this.respondError(502, `could not connect to the Machine ${this.failedMachines.at(-1)} (${this.lastUpstreamError}), and no other Machine could take the request`, true)
+        return
+      }
       this.respondError(503, err.message, !this.reqFramer.done)
     } else {
       this.ctx.logger.error('routing failed', { app, error: err })
@@ -291,6 +298,10 @@ export class Http1Connection {
   }
 
   private replayFallbackTried = false
+  /** The filter the current request was routed with, and the Machines that failed it. */
+  private routeAccept: Accept | undefined
+  private failedMachines: string[] = NO_IDS
+  private lastUpstreamError = ''
   /** The group of the Machine that asked for the replay (fallback goes back there). */
   private replaySourceGroup: ServiceGroup | undefined
 
@@ -589,6 +600,7 @@ export class Http1Connection {
         this.replayBody = undefined
         return
       }
+      if (this.retryElsewhere(upstream)) return
       const machine = this.entry?.machineId ?? ''
       this.upstreamFailed(!upstream.connected
         ? `could not connect to the Machine ${machine} (${upstream.error || 'closed'})`
@@ -607,6 +619,35 @@ export class Http1Connection {
     this.releaseEntry()
     this.phase = Phase.Closed
     this.socket.destroy()
+  }
+
+  /** reference §3.2 (PR03/PR04, PM11): a Machine that refused the connection, or closed it
+   * without answering an idempotent request, is not the client's problem: the request goes to
+   * another Machine (or, with no other, to the same one after a pause), a few times. Only when
+   * the whole request is still in hand (body done and ≤ 1 MB) and no response byte came back. */
+  private retryElsewhere(upstream: UpstreamConn): boolean {
+    const failed = this.entry
+    const head = this.head
+    if (failed === undefined || head === undefined || this.group === undefined) return false
+    if (this.responseBytes !== 0 || !this.reqFramer.done || this.replayOverflow || head.upgrade !== '') return false
+    if (upstream.connected && !IDEMPOTENT_METHODS.has(head.method)) return false
+    if (this.failedMachines.length >= MAX_ROUTING_RETRIES) return false
+    this.ctx.metrics.app(failed.route.app).upstreamErrors++
+    this.ctx.logger.warn('retrying on another Machine', { app: failed.route.app, machineId: failed.machineId, error: upstream.error || 'closed without a response' })
+    this.failedMachines = this.failedMachines === NO_IDS ? [failed.machineId] : [...this.failedMachines, failed.machineId]
+    this.lastUpstreamError = upstream.error || 'closed without a response'
+    this.releaseEntry()
+    const group = this.group
+    // A refused connection takes the Machine out of rotation briefly, for every request; with no
+    // other Machine, requests queue until it is back (or its route changes) instead of failing.
+    if (!upstream.connected) this.ctx.table.markUnhealthy(failed, group, UNHEALTHY_AFTER_REFUSAL_MS)
+    this.replayBody = this.replayChunks
+    const base = this.routeAccept
+    const failedIds = this.failedMachines
+    const untried: Accept = (m) => !failedIds.includes(m.machineId) && (base === undefined || base(m))
+    this.route(group, group.routable.some(untried) ? untried : base)
+    this.routeAccept = base
+    return true
   }
 
   private finishUpgraded(): void {
@@ -807,6 +848,13 @@ function writeShared(socket: net.Socket, data: Buffer): boolean {
   if (socket.writableLength > 0) sharedBuffer = Buffer.allocUnsafe(64 * 1024)
   return ok
 }
+
+const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+/** How many Machines one request may fail on before the client gets the 502. */
+const MAX_ROUTING_RETRIES = 3
+/** How long a Machine that refused a connection stays out of rotation. */
+const UNHEALTHY_AFTER_REFUSAL_MS = 1000
+const NO_IDS: string[] = Object.freeze([]) as unknown as string[]
 
 const CONNECTION = Symbol('hangar.http1Connection')
 interface ClientSocket extends net.Socket { [CONNECTION]?: Http1Connection }

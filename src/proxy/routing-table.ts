@@ -28,6 +28,8 @@ export class MachineEntry implements BalancerCandidate {
   startFailedAt = 0
   /** Set when autostop asked for a stop the RouteSource has not shown yet: no new traffic. */
   stoppingSince = 0
+  /** After a refused connection the Machine gets no new traffic until then (ms epoch). */
+  unhealthyUntil = 0
 
   constructor(route: MachineRoute, spec: ServiceSpec, rttMs: number) {
     this.machineId = route.machineId
@@ -47,6 +49,11 @@ export class MachineEntry implements BalancerCandidate {
 
   /** reference §4.1: only started, check-passing, non-cordoned Machines get traffic. */
   get routable(): boolean {
+    return this.unhealthyUntil <= Date.now() && this.recovering
+  }
+
+  /** Routable but for a recent connection failure: requests wait for it rather than fail. */
+  get recovering(): boolean {
     if (this.route.cordoned || this.stoppingSince > 0) return false
     if (this.state !== 'started') return false
     for (const check of this.route.checks) if (check.status !== 'passing') return false
@@ -278,6 +285,13 @@ export class RoutingTable {
         }
       }
     }
+  }
+
+  /** Takes a Machine out of rotation for `ms` after a refused connection (PM-class errors). */
+  markUnhealthy(entry: MachineEntry, group: ServiceGroup, ms: number): void {
+    entry.unhealthyUntil = Date.now() + ms
+    this.touch(group)
+    setTimeout(() => this.touch(group), ms + 1).unref()
   }
 
   /** Notify listeners after an entry's routability changed outside a RouteSource change. */
