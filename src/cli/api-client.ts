@@ -28,14 +28,24 @@ export class ApiClient {
 
   async request<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response
-    try {
-      res = await fetch(`${this.baseUrl}${path}`, {
-        method,
-        headers: { authorization: this.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      })
-    } catch (err) {
-      throw new ApiError(0, 'unavailable', `cannot reach the Hangar API at ${this.baseUrl}: ${(err as Error).cause ? ((err as Error).cause as Error).message : (err as Error).message}`)
+    for (let attempt = 0; ; attempt++) {
+      try {
+        res = await fetch(`${this.baseUrl}${path}`, {
+          method,
+          headers: { authorization: this.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        })
+        break
+      } catch (err) {
+        // reference §1.9: like fly-go, a GET is retried (twice, with backoff) when the connection
+        // was reset — typically a kept-alive socket the server closed as the request went out.
+        const code = ((err as Error).cause as { code?: string } | undefined)?.code
+        if (method === 'GET' && attempt < 2 && (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET')) {
+          await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt))
+          continue
+        }
+        throw new ApiError(0, 'unavailable', `cannot reach the Hangar API at ${this.baseUrl}: ${(err as Error).cause ? ((err as Error).cause as Error).message : (err as Error).message}`)
+      }
     }
     const text = await res.text()
     let parsed: unknown
