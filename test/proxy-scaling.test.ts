@@ -16,7 +16,7 @@ describe('proxy: limits, queueing, autostart, autostop', () => {
   let harness: ProxyHarness
   let proxy: RunningProxy
   let agent: Agent
-  const ports = { limited: 0, tcp: 0, lazy: 0, once: 0, never: 0, idle: 0, sleepy: 0 }
+  const ports = { limited: 0, tcp: 0, lazy: 0, once: 0, never: 0, idle: 0, sleepy: 0, lazytcp: 0, ws: 0 }
 
   before(async () => {
     harness = await proxyHarness()
@@ -33,6 +33,11 @@ describe('proxy: limits, queueing, autostart, autostop', () => {
     const once = httpService(ports.once, { autostart: true })
     for (const id of ['once-a', 'once-b', 'once-c']) harness.controller.define(machineRoute({ machineId: id, app: 'once', address: loopbackAddress(), services: [once], state: 'stopped' }))
     harness.controller.define(machineRoute({ machineId: 'never1', app: 'never', address: loopbackAddress(), services: [httpService(ports.never, { autostart: false })], state: 'stopped' }))
+
+    // A raw TCP service scaled to zero: the first connection starts the Machine.
+    harness.controller.define(machineRoute({ machineId: 'lazytcp1', app: 'lazytcp', address: loopbackAddress(), services: [{ internal_port: 8080, ports: [{ port: ports.lazytcp }], autostart: true }], state: 'stopped' }), 'echo')
+    // WebSockets count as load until they close.
+    await harness.machine(machineRoute({ machineId: 'ws1', app: 'ws', address: loopbackAddress(), services: [httpService(ports.ws, { concurrency: { type: 'requests', soft_limit: 1, hard_limit: 1 } })] }))
 
     // Idle: 3 running in ams (the primary region), 2 in sin; autostop on, one must stay in ams.
     const idle = httpService(ports.idle, { autostop: 'stop', min_machines_running: 1 })
@@ -128,6 +133,31 @@ describe('proxy: limits, queueing, autostart, autostop', () => {
     const never = await get(ports.never)
     assert.equal(never.status, 503)
     assert.equal(harness.controller.calls.some((c) => c.machineId === 'never1'), false)
+  })
+
+  it('autostart for raw TCP: the first connection starts the Machine and its bytes get through', async () => {
+    const socket = net.connect(ports.lazytcp, '127.0.0.1')
+    socket.on('error', () => {})
+    try {
+      const reply = await new Promise<string>((resolve) => {
+        socket.once('data', (d: Buffer) => resolve(d.toString()))
+        socket.write('wake up')
+      })
+      assert.equal(reply, 'wake up')
+      assert.ok(harness.controller.calls.some((c) => c.op === 'start' && c.machineId === 'lazytcp1'))
+    } finally { socket.destroy() }
+  })
+
+  it('a WebSocket holds its Machine\'s capacity until it closes', async () => {
+    const { default: WebSocket } = await import('ws')
+    const ws = new WebSocket(`ws://127.0.0.1:${ports.ws}/ws`)
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+    try {
+      // hard_limit 1: the open WebSocket is the one unit; a request now waits, then 503s.
+      const refused = await get(ports.ws)
+      assert.equal(refused.status, 503)
+    } finally { ws.close() }
+    await waitFor(async () => (await get(ports.ws)).status === 200, 3000, 'capacity back after the WebSocket closed')
   })
 
   it('autostop: one Machine per region per pass, down to min_machines_running in the primary region, with the stop signal and timeout', async () => {
