@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { silentLogger, type MachineController, type MachineRoute } from '../core/index.js'
 import { Dispatcher, RefusedError, type QueueLimits } from './dispatcher.js'
 import { ProxyMetrics } from './metrics.js'
-import { RoutingTable, type MachineEntry, type ServiceGroup } from './routing-table.js'
+import { RoutingTable, type MachineEntry } from './routing-table.js'
 
 // The dispatcher over a real routing table, without sockets: the seed's queueing and 503s,
 // refusals counted, and one autostart for many concurrent requests. (The controller here is a
@@ -122,4 +122,3 @@ test('autostart=false never starts; running Machines over soft start another whe
   assert.deepEqual(starts, ['idle'])
 })
 
-export type { ServiceGroup }

@@ -1,8 +1,7 @@
 import http2 from 'node:http2'
-import type net from 'node:net'
 import { Pool } from 'undici'
 import type { ListenInfo, ProxyContext } from './context.js'
-import { dechunk, keptHeaderLines, type RequestHead } from './http1-parser.js'
+import { dechunk, keptHeaderLines, reasonPhrase, type RequestHead } from './http1-parser.js'
 import type { Http1Connection } from './http1-proxy.js'
 import type { MachineEntry } from './routing-table.js'
 
@@ -127,7 +126,7 @@ export function forwardViaH2Backend(ctx: ProxyContext, conn: Http1Connection, en
     if (head.host) headers[':authority' as string] = head.host
     void exchangeClients(ctx).exchange(entry, true, { method: head.method, path: head.target, headers, body }).then(
       async (response) => {
-        let out = `HTTP/1.1 ${response.status} ${response.status === 200 ? 'OK' : ''}\r\n`
+        let out = `HTTP/1.1 ${response.status} ${reasonPhrase(response.status)}\r\n`
         for (const [name, value] of Object.entries(response.headers)) {
           if (HOP_BY_HOP.has(name) || name === 'content-length') continue
           for (const v of Array.isArray(value) ? value : [value]) out += `${name}: ${v}\r\n`
@@ -148,7 +147,8 @@ export function forwardViaH2Backend(ctx: ProxyContext, conn: Http1Connection, en
     ).catch((err: unknown) => {
       ctx.metrics.app(entry.route.app).upstreamErrors++
       ctx.logger.warn('h2 backend exchange failed', { app: entry.route.app, machineId: entry.machineId, error: err })
-      conn.writeClient(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 34\r\nConnection: close\r\n\r\nthe Machine did not answer over h2c`)
+      const body = `the Machine ${entry.machineId} did not answer over h2c\n`
+      conn.writeClient(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
       conn.finishGenericExchange(true)
     })
   }
@@ -166,4 +166,3 @@ export function exchangeClients(ctx: ProxyContext): ExchangeClients {
   return clients
 }
 
-export type { net }
