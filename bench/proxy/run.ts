@@ -239,6 +239,8 @@ ${stream ? `stream { server { listen 127.0.0.1:${ngTcp}; proxy_pass 127.0.0.1:${
     process.stderr.write(`  memory ${t.name}: ${memory.get(t.name)!.toFixed(1)} MB for ${IDLE} idle connections\n`)
   }
 
+  let haveCurl = true
+  try { execFileSync('curl', ['--version'], { stdio: 'ignore' }) } catch { haveCurl = false; process.stderr.write('  curl is not installed: no raw TCP figures\n') }
   const cpu = execFileSync('nproc', { encoding: 'utf8' }).trim()
   process.stdout.write(`# Proxy benchmark: ${RUNS} runs × ${SECONDS}s, wrk -t1 -c${CONNECTIONS}, ${cpu} cores shared by wrk, the proxy and the nginx backend\n\n`)
 
@@ -254,7 +256,7 @@ ${stream ? `stream { server { listen 127.0.0.1:${ngTcp}; proxy_pass 127.0.0.1:${
       process.stderr.write(`  http ${t.name} run ${run + 1}: ${r.rps.toFixed(0)} req/s p50 ${r.p50.toFixed(2)} ms p99 ${r.p99.toFixed(2)} ms\n`)
     }
     for (const t of targets) {
-      if (!t.tcpPort) continue
+      if (!t.tcpPort || !haveCurl) continue
       const mbps = download(`http://127.0.0.1:${t.tcpPort}/big.bin`)
       tcp.set(t.name, [...(tcp.get(t.name) ?? []), mbps])
       process.stderr.write(`  tcp ${t.name} run ${run + 1}: ${mbps.toFixed(0)} MB/s\n`)
@@ -267,7 +269,7 @@ ${stream ? `stream { server { listen 127.0.0.1:${ngTcp}; proxy_pass 127.0.0.1:${
     '| path | req/s | vs direct | vs HAProxy | p50 ms | p99 ms | raw TCP MB/s | TCP vs HAProxy | RSS for ' + IDLE.toLocaleString('en') + ' idle conns |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
-  const haTcpMbps = median(tcp.get('haproxy') ?? [NaN])
+  const haTcpMbps = tcp.has('haproxy') ? median(tcp.get('haproxy')!) : NaN
   for (const t of targets) {
     const rps = med(t.name, (r) => r.rps)
     const mbps = tcp.has(t.name) ? median(tcp.get(t.name)!) : NaN
