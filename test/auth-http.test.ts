@@ -52,7 +52,7 @@ async function startServer(verifier: TokenVerifier): Promise<Server> {
 
 async function call(server: Server, path: string, authorization?: string, method = 'GET') {
   const res = await fetch(server.url + path, { method, headers: authorization ? { authorization } : {} })
-  return { status: res.status, body: (await res.json()) as { error?: string; status?: string } }
+  return { status: res.status, body: (await res.json()) as { error?: string; status?: string; code?: string } }
 }
 
 test('tokens over HTTP: 200 allowed, 401 unverifiable or expired, 403 out of scope, 404 for another org', async (t) => {
@@ -71,7 +71,7 @@ test('tokens over HTTP: 200 allowed, 401 unverifiable or expired, 403 out of sco
 
   const missing = await call(server, '/v1/apps/web')
   assert.equal(missing.status, 401)
-  assert.equal(missing.body.status, 'unauthorized')
+  assert.equal(missing.body.code, 'unauthorized')
   assert.match(missing.body.error!, /a token is required/)
 
   const tampered = await call(server, '/v1/apps/web', `FlyV1 ${deploy.token.slice(0, -8)}AAAAAAA=`)
@@ -79,11 +79,11 @@ test('tokens over HTTP: 200 allowed, 401 unverifiable or expired, 403 out of sco
 
   const otherApp = await call(server, '/v1/apps/api', deployHeader)
   assert.equal(otherApp.status, 403)
-  assert.equal(otherApp.body.status, 'forbidden')
+  assert.equal(otherApp.body.code, 'forbidden')
   assert.match(otherApp.body.error!, /not valid for app api/)
 
   const otherOrg = await call(server, '/v1/apps/billing', deployHeader)
-  assert.deepEqual(otherOrg, { status: 404, body: { error: 'app billing not found', status: 'not_found' } }, 'same answer as an app that does not exist')
+  assert.deepEqual(otherOrg, { status: 404, body: { error: 'app billing not found', status: 'unknown', code: 'not_found' } }, 'same answer as an app that does not exist')
   assert.deepEqual(await call(server, '/v1/apps/nonexistent', deployHeader), { status: 404, body: { error: 'app nonexistent not found', status: 'not_found' } })
 
   // Narrowed locally to read one Machine for an hour.
