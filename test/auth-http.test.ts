@@ -84,7 +84,7 @@ test('tokens over HTTP: 200 allowed, 401 unverifiable or expired, 403 out of sco
 
   const otherOrg = await call(server, '/v1/apps/billing', deployHeader)
   assert.deepEqual(otherOrg, { status: 404, body: { error: 'app billing not found', status: 'unknown', code: 'not_found' } }, 'same answer as an app that does not exist')
-  assert.deepEqual(await call(server, '/v1/apps/nonexistent', deployHeader), { status: 404, body: { error: 'app nonexistent not found', status: 'not_found' } })
+  assert.deepEqual(await call(server, '/v1/apps/nonexistent', deployHeader), { status: 404, body: { error: 'app nonexistent not found', status: 'unknown', code: 'not_found' } })
 
   // Narrowed locally to read one Machine for an hour.
   const narrow = attenuate(deploy.token, scopeCaveats({ appId: 'web', machineId: 'm1', actions: 'r', expiry: '1h', nowMs: now }))
