@@ -11,6 +11,8 @@ import { Agent } from './agent.js'
 import { serveAgent, type HostInfo } from './agent-service.js'
 import { ReservationLedger, serveOffers } from '../placement/index.js'
 import type { ImagePort } from './ports.js'
+import { CatalogClient } from '../catalog/index.js'
+import { CatalogProjection } from './catalog-projection.js'
 
 // `hangar agent`: one host's agent as its own process (the host supervisor starts it). It owns
 // `<data>/agent.db`, `<data>/machines`, `<data>/runtime` and `<data>/images`.
@@ -25,11 +27,14 @@ export interface AgentProcessOptions {
   /** The address other hosts and proxies reach this host at. */
   hostAddress?: string
   proxyAddr?: string
-  catalogUrl?: string
   insecureRegistries?: string[]
   /** How many Machine CPUs one host core may carry (default 16) and memory overcommit (default 4). */
   cpuOvercommit?: number
   memoryOvercommit?: number
+  /** The host's catalog node API: the agent writes its host row and Machines there. */
+  catalogUrl?: string
+  /** The host's catalog gossip address (recorded in its host row). */
+  gossipAddr?: string
   /** Fixed capacity, overriding the computed one (operators, and tests of placement). */
   capacityCpus?: number
   capacityMemoryMb?: number
@@ -73,7 +78,13 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
   })
   const images = new ImageStore({ dataDir: join(options.dataDir, 'images'), logger, insecureRegistries: options.insecureRegistries })
   const startedAt = new Date().toISOString()
-  const publishChange = (machine: Machine) => bus.publish(SUBJECTS.machineChanges(hostId), { hostId, machine, route: agent.route(agent.store.getMachine(machine.id)!) })
+  const projection = options.catalogUrl ? new CatalogProjection(new CatalogClient(options.catalogUrl), hostId, logger) : undefined
+  const publishChange = (machine: Machine) => {
+    const row = agent.store.getMachine(machine.id)!
+    const route = agent.route(row)
+    bus.publish(SUBJECTS.machineChanges(hostId), { hostId, machine, route })
+    projection?.machineChanged(row, route)
+  }
   const agent: Agent = await Agent.open({
     hostId,
     region: options.region,
@@ -109,6 +120,14 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
   const resources = () => { const i = info(); return { capacity: i.capacity, used: { cpus: i.usage.cpus, memoryMb: i.usage.memoryMb } } }
   const stopOffers = serveOffers({ bus, hostId, region: options.region, ledger, resources, logger })
   const stopServing = serveAgent({ agent, bus, info, logger, ledger, resources })
+  // The catalog learns this host and every Machine it holds now (they may have changed while it
+  // was down), then each change as it happens, and the host's heartbeat.
+  if (projection) {
+    for (const row of agent.store.liveMachines()) projection.machineChanged(row, agent.route(row))
+    projection.hostSeen(info(), options.gossipAddr)
+  }
+  const catalogBeat = projection ? setInterval(() => projection.hostSeen(info(), options.gossipAddr), 5_000) : undefined
+  catalogBeat?.unref()
   logger.info('agent ready', { hostId, region: options.region, machines: agent.usage().machines })
   let closed = false
   return {
@@ -118,7 +137,9 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
       closed = true
       stopServing()
       stopOffers()
+      if (catalogBeat) clearInterval(catalogBeat)
       await agent.close()
+      await projection?.close()
       await driver.close()
       await images.close()
       await bus.close()

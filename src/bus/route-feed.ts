@@ -62,10 +62,11 @@ export class NatsRouteSource implements RouteSource {
 
 /** Autostart and autostop reach the Machine's agent directly (DESIGN "Placement": Machines are pinned). */
 export class NatsMachineController implements MachineController {
-  constructor(private readonly bus: Bus, private readonly routes: NatsRouteSource) {}
+  /** `hostOf` says which host runs a Machine (from whatever feeds the proxy's routes). */
+  constructor(private readonly bus: Bus, private readonly hostOf: (machineId: string) => string | undefined) {}
 
   private host(machineId: string): string {
-    const hostId = this.routes.hostOf(machineId)
+    const hostId = this.hostOf(machineId)
     if (!hostId) throw new Error(`no host known for machine ${machineId}`)
     return hostId
   }

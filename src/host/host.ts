@@ -14,6 +14,8 @@ export interface HostOptions {
   natsUrl: string
   machineSubnet?: string
   hostAddress?: string
+  /** The host's catalog node: gossip and API ports, and the gossip addresses of nodes to join. */
+  catalog?: { gossipPort: number; apiPort: number; join: string[] }
   /** Where the proxy's public ports bind; no proxy runs when undefined. */
   proxyListen?: string
   /** More `hangar proxy` flags (e.g. --metrics, --domain, --queue-wait). */
@@ -43,10 +45,22 @@ export async function runHost(options: HostOptions): Promise<void> {
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
   if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
   if (options.capacityMemoryMb) agentArgs.push('--memory-mb', String(options.capacityMemoryMb))
-  const components: ComponentSpec[] = [cliComponent('agent', agentArgs)]
+  const components: ComponentSpec[] = []
+  let catalogUrl: string | undefined
+  if (options.catalog) {
+    // The host's catalog node (DESIGN "Catalog"): gossip on the host's address, its API for the
+    // host's own components on loopback.
+    catalogUrl = `http://127.0.0.1:${options.catalog.apiPort}`
+    const gossipAddr = `${options.hostAddress ?? '127.0.0.1'}:${options.catalog.gossipPort}`
+    components.push(cliComponent('catalog', ['catalog', '--db', join(options.dataDir, 'catalog.db'), '--gossip-addr', gossipAddr,
+      '--api-addr', `127.0.0.1:${options.catalog.apiPort}`, '--host-id', hostId, '--region', options.region,
+      ...(options.catalog.join.length ? ['--bootstrap', options.catalog.join.join(',')] : [])]))
+    agentArgs.push('--catalog-url', catalogUrl, '--gossip-addr', gossipAddr)
+  }
+  components.push(cliComponent('agent', agentArgs))
   if (options.proxyListen !== undefined) {
     const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,
-      '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(options.proxyArgs ?? [])]
+      '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(catalogUrl ? ['--catalog', catalogUrl] : []), ...(options.proxyArgs ?? [])]
     components.push(cliComponent('proxy', proxyArgs))
   }
   components.push(...(options.extraComponents ?? []))

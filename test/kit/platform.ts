@@ -86,14 +86,18 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
     const token = api.store.createStaticToken('personal', 'test')
     const proxyAddr = `127.${randomInt(1, 255)}.${randomInt(0, 256)}.${randomInt(1, 255)}`
     const log = openSync(join(root, 'host.log'), 'a')
-    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms', '--proxy-listen', proxyAddr, ...(options.hostArgs ?? [])], {
+    const gossipPort = await freePort()
+    const catalogArgs = async (join: string[]) => ['--catalog-port', String(await freePort()), '--catalog-api-port', String(await freePort()), ...(join.length ? ['--join', join.join(',')] : [])]
+    host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms', '--proxy-listen', proxyAddr,
+      '--catalog-port', String(gossipPort), '--catalog-api-port', String(await freePort()), ...(options.hostArgs ?? [])], {
       stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(log)
     for (const [i, extra] of (options.extraHosts ?? []).entries()) {
       const dir = join(root, `host-${i + 1}`)
       const extraLog = openSync(join(root, `host-${i + 1}.log`), 'a')
-      const child = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', dir, '--region', extra.region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--no-proxy', ...(extra.args ?? [])], {
+      const child = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', dir, '--region', extra.region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--no-proxy',
+        ...(await catalogArgs([`127.0.0.1:${gossipPort}`])), ...(extra.args ?? [])], {
         stdio: ['ignore', extraLog, extraLog], env: { ...process.env, HANGAR_SKIP_SETUP: '1' },
       })
       closeSync(extraLog)

@@ -22,6 +22,10 @@ export function registerDaemons(program: Command): void {
     .option('--no-proxy', 'run no proxy on this host')
     .option('--proxy-metrics <host:port>', "serve the proxy's Prometheus metrics here")
     .option('--domain <domain>', 'apps answer at <app>.<domain>', 'hangar.local')
+    .option('--join <peers>', "catalog gossip addresses (host:port, comma-separated) of hosts to join")
+    .option('--catalog-port <port>', "this host's catalog gossip port (UDP and TCP)", '4001')
+    .option('--catalog-api-port <port>', "this host's catalog API port (on loopback)", '4002')
+    .option('--no-catalog', 'run no catalog node (a single host that needs no replication)')
     .option('--cpus <n>', 'Machine CPUs this host offers (default: cores × 16, shared CPUs overcommitted)')
     .option('--memory-mb <n>', 'Machine memory this host offers (default: RAM × 4)')
     .action(async (opts) => {
@@ -29,6 +33,7 @@ export function registerDaemons(program: Command): void {
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
+        catalog: opts.catalog === false ? undefined : { gossipPort: Number(opts.catalogPort), apiPort: Number(opts.catalogApiPort), join: String(opts.join ?? '').split(',').map((p: string) => p.trim()).filter(Boolean) },
         capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
         capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
         proxyArgs: ['--domain', opts.domain, ...(opts.proxyMetrics ? ['--metrics', opts.proxyMetrics] : [])],
@@ -46,8 +51,11 @@ export function registerDaemons(program: Command): void {
     .option('--insecure-registry <host...>', 'registries reached over plain HTTP')
     .option('--cpus <n>')
     .option('--memory-mb <n>')
+    .option('--catalog-url <url>', "the host's catalog node API")
+    .option('--gossip-addr <addr>', "the host's catalog gossip address")
     .action(async (opts) => {
       await runAgentProcess({
+        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
       })

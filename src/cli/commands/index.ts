@@ -5,6 +5,7 @@ import { registerApps } from './apps.js'
 import { registerMachines } from './machines.js'
 import { registerLogs } from './logs.js'
 import { registerProxy } from './proxy.js'
+import { registerCatalogCommand } from '../../catalog/index.js'
 import { registerOrgs } from './orgs.js'
 import { registerTokens } from './tokens.js'
 import { registerSecrets } from './secrets.js'
@@ -17,4 +18,4 @@ import { registerReleases } from './releases.js'
 // Every `hangar` subcommand group registers itself here; one line per part.
 export type RegisterCommands = (program: Command) => void
 
-export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerProxy, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]
+export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerProxy, registerCatalogCommand, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]

@@ -147,8 +147,9 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   // The proxy binds the public ports apps ask for (80, 443, …) on a loopback address of its own,
   // so two `hangar up`s (two --data-dirs) never fight over a port.
   const proxyAddr = loopbackAddressFor(hostId)
+  const catalogApiPort = await freePort()
   pids.host = startDetached('host', ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', options.region, '--nats', natsUrl, '--machine-subnet', subnet,
-    '--autostop-interval', options.autostopInterval ?? '3m', '--proxy-listen', proxyAddr], join(hostDir, 'host.log'))
+    '--autostop-interval', options.autostopInterval ?? '3m', '--proxy-listen', proxyAddr, '--catalog-port', String(await freePort()), '--catalog-api-port', String(catalogApiPort)], join(hostDir, 'host.log'))
   writeFileSync(join(hostDir, 'host.pid'), String(pids.host))
   await waitFor('the host', async () => {
     try {
@@ -160,7 +161,7 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
 
   const state: UpState = {
     api_url: apiUrl, token, org: ORG, region: options.region, proxy_addr: proxyAddr, data_dir: dataDir, nats_url: natsUrl, registry: registry.host,
-    hosts: [{ id: hostId, region: options.region, addr: '127.0.0.1', pid: pids.host, catalog_url: '' }],
+    hosts: [{ id: hostId, region: options.region, addr: '127.0.0.1', pid: pids.host, catalog_url: `http://127.0.0.1:${catalogApiPort}` }],
     pids,
   }
   writeFileSync(statePath(dataDir), JSON.stringify(state, null, 2), { mode: 0o600 })
