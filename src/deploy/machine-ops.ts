@@ -19,6 +19,9 @@ export interface MachineOpsOptions {
   drainMs: number
   /** A Machine without checks must stay up this long after starting to count as healthy. */
   smokeMs: number
+  /** How long a rollback waits for a restored Machine (default: the wait timeout, at least 60 s:
+   * the previous release is known to work, so giving up early would only leave it down). */
+  restoreTimeoutMs?: number
 }
 
 export const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
@@ -29,8 +32,9 @@ export class MachineOps {
   get app(): string { return this.options.app }
 
   /** Polls the Machine until it is started at `version` with every check passing. */
-  async waitHealthy(machineId: string, expect: { version?: string; config: MachineConfig; label: string }): Promise<Machine> {
-    const { api, app, progress, pollIntervalMs, waitTimeoutMs, smokeMs } = this.options
+  async waitHealthy(machineId: string, expect: { version?: string; config: MachineConfig; label: string; timeoutMs?: number }): Promise<Machine> {
+    const { api, app, progress, pollIntervalMs, smokeMs } = this.options
+    const waitTimeoutMs = expect.timeoutMs ?? this.options.waitTimeoutMs
     const expectedChecks = expectedCheckCount(expect.config)
     const deadline = Date.now() + waitTimeoutMs
     let lastReason = ''
@@ -124,7 +128,8 @@ export class MachineOps {
           this.options.progress({ step: 'rollback', message: `${label}: restoring ${before.config.image}`, machineId: before.id })
           const current = await this.options.api.getMachine(this.app, before.id)
           const restored = await this.options.api.updateMachine(this.app, before.id, { config: before.config, current_version: current.instance_id })
-          if (before.state === 'started') await this.waitHealthy(before.id, { version: restored.instance_id, config: before.config, label })
+          const timeoutMs = this.options.restoreTimeoutMs ?? Math.max(this.options.waitTimeoutMs, 60_000)
+          if (before.state === 'started') await this.waitHealthy(before.id, { version: restored.instance_id, config: before.config, label, timeoutMs })
         }
         if (entry.cordoned) await this.uncordon(before.id, label)
       } catch (err) {
