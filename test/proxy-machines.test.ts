@@ -5,6 +5,7 @@ import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushHttpServerImage, HTTP_SERVER_BODY } from './kit/images.js'
 import { startPlatform, type Platform } from './kit/platform.js'
 import type { Machine } from '../src/core/index.js'
+import { CatalogClient } from '../src/catalog/index.js'
 
 // The proxy on a real host, fed by the agent over NATS, in front of real crun Machines: routing
 // follows Machine changes, a stopped Machine is started by the first request (autostart), and
@@ -48,6 +49,7 @@ test('proxy on a host: routes to Machines, autostarts a stopped one, autostops a
   const machine: Machine = await post('/v1/apps/site/machines', {
     config: {
       image: `${registry.host}/http:v1`,
+      env: { API_KEY: 's3cr3t-value' },
       services: [{ protocol: 'tcp', internal_port: 8080, ports: [{ port: 80, handlers: ['http'] }], autostop: 'stop', autostart: true, min_machines_running: 0, concurrency: { type: 'requests', soft_limit: 20, hard_limit: 25 } }],
     },
   })
@@ -57,6 +59,24 @@ test('proxy on a host: routes to Machines, autostarts a stopped one, autostops a
     const res = await eventually('the proxy to route', async () => { const r = await get(p.proxyAddr, 80, { host: 'site.hangar.local' }); return r.status === 200 ? r : undefined })
     assert.equal(res.body, HTTP_SERVER_BODY)
     assert.ok(res.headers['fly-request-id'])
+  })
+
+  await t.test('the catalog carries the Machine and its host, with no env values or file contents', async () => {
+    const catalogUrl = p.api.hosts.alive()[0]!.catalogUrl!
+    assert.match(catalogUrl, /^http:\/\/127\.0\.0\.1:\d+$/)
+    const client = new CatalogClient(catalogUrl)
+    try {
+      const rows = await eventually('the Machine in the catalog', async () => {
+        const found = await client.queryObjects<{ id: string; state: string; host_id: string; config: string }>(['SELECT id, state, host_id, config FROM machines WHERE id = ?', [machine.id]])
+        return found.length ? found : undefined
+      })
+      assert.equal(rows[0]!.state, 'started')
+      assert.doesNotMatch(rows[0]!.config, /s3cr3t-value/, 'env values never reach the catalog')
+      const hosts = await client.queryObjects<{ id: string; region: string }>('SELECT id, region FROM hosts')
+      assert.deepEqual(hosts.map((h) => h.region), [p.region])
+    } finally {
+      await client.close()
+    }
   })
 
   await t.test('idle: the autostop loop stops the region’s only Machine', async () => {
