@@ -14,12 +14,14 @@ export interface ApiProcessOptions {
   region?: string
   bootstrapOrg?: string
   tokenFile?: string
+  /** A catalog node's API (apps are written there; Machine lookups read it). */
+  catalogUrl?: string
 }
 
 export async function runApiProcess(options: ApiProcessOptions): Promise<void> {
   const logger = createLogger('api')
   mkdirSync(options.dataDir, { recursive: true })
-  const api = await startApi({ natsUrl: options.natsUrl, dbPath: join(options.dataDir, 'api.db'), host: options.host, port: options.port, region: options.region, logger })
+  const api = await startApi({ natsUrl: options.natsUrl, dbPath: join(options.dataDir, 'api.db'), host: options.host, port: options.port, region: options.region, logger, catalogUrl: options.catalogUrl })
   if (options.bootstrapOrg) {
     // The first org, its signing key and an fm2_ org token for its owner (issue 5: `hangar up`
     // hands out a macaroon). A restart keeps the token file as it is.

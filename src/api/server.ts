@@ -8,6 +8,7 @@ import {
 } from '../core/index.js'
 import type { HostInfo } from '../agent/index.js'
 import { PlacementMarket, parseRegions, type Placement } from '../placement/index.js'
+import { CatalogClient, upsertApp, deleteApp as deleteCatalogApp } from '../catalog/index.js'
 import { ApiStore, type AppRow } from './api-store.js'
 import type { ApiAuth, ApiAction, Caller } from './api-auth.js'
 import { Tenancy } from './auth-tenancy.js'
@@ -36,6 +37,8 @@ export interface ApiOptions {
   bodyLimitBytes?: number
   /** Names this API process to its peers (revocation acknowledgements). */
   nodeName?: string
+  /** A catalog node's API: apps are written there, and Machine → host lookups read from it. */
+  catalogUrl?: string
 }
 
 export interface RunningApi {
@@ -60,7 +63,8 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   await hosts.start()
   const tenancy = new Tenancy({ store, dbPath: options.dbPath, bus, node: options.nodeName ?? `api-${process.pid}-${newRequestId(region).slice(-8)}`, logger })
   const auth = options.auth ?? tenancy.auth
-  const router = buildRoutes({ store, bus, hosts, auth, logger, tenancy })
+  const catalog = options.catalogUrl ? new CatalogClient(options.catalogUrl) : undefined
+  const router = buildRoutes({ store, bus, hosts, auth, logger, tenancy, catalog })
   const server: Server = createServer({ requestTimeout: 120_000, headersTimeout: 20_000, maxHeaderSize: 32 * 1024 }, createRequestListener(router, {
     bodyLimitBytes: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT, newRequestId: () => newRequestId(region), logger, region,
   }))
@@ -80,6 +84,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
       closed = true
       await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections() })
       hosts.close()
+      await catalog?.close()
       tenancy.close()
       await bus.close()
       store.close()
@@ -87,7 +92,7 @@ export async function startApi(options: ApiOptions): Promise<RunningApi> {
   }
 }
 
-interface Deps { store: ApiStore; bus: Bus; hosts: HostDirectory; auth: ApiAuth; logger: Logger; tenancy: Tenancy }
+interface Deps { store: ApiStore; bus: Bus; hosts: HostDirectory; auth: ApiAuth; logger: Logger; tenancy: Tenancy; catalog?: CatalogClient }
 
 /** What route modules other than the Machines routes get to work with (orgs, tokens, secrets…). */
 export interface ApiContext extends Deps {
@@ -103,7 +108,7 @@ export type RouteModule = (router: Router, api: ApiContext) => void
 /** Route modules of other parts; each adds its paths (one line per module). */
 export const ROUTE_MODULES: RouteModule[] = [orgRoutes, tokenRoutes, secretRoutes, releaseRoutes]
 
-function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router {
+function buildRoutes({ store, bus, hosts, auth, logger, tenancy, catalog }: Deps): Router {
   const router = new Router()
   const market = new PlacementMarket(bus, (region) => (region === 'any' ? hosts.alive().length : hosts.alive().filter((h) => h.region === region).length), { logger })
 
@@ -143,6 +148,13 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
       return entry.hostId
     }
     if (!isMachineId(machineId)) throw new NotFoundError(`machine ${machineId.slice(0, 40)}`)
+    // The catalog knows every host's Machines (DESIGN "Catalog": read by the API).
+    if (catalog) {
+      try {
+        const rows = await catalog.queryObjects<{ host_id: string }>(['SELECT host_id FROM machines WHERE id = ? AND app = ?', [machineId, app.name]])
+        if (rows[0]) { store.indexMachine(machineId, app.name, rows[0].host_id, 'unknown'); return rows[0].host_id }
+      } catch (err) { logger.warn('the catalog did not answer a machine lookup', { err }) }
+    }
     for (const host of hosts.alive()) {
       try {
         const machine = await agentCall<Machine>(host.id, 'get', { app: app.name, id: machineId }, 5_000)
@@ -204,6 +216,8 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
     const org = store.getOrg(orgSlug)!
     const app: AppRow = { name, org: orgSlug, network: org.network, primaryRegion: request.primary_region ?? '', createdAt: new Date().toISOString() }
     if (!store.createApp(app)) throw new NameTakenError(`app name "${name}" is already taken`)
+    // Proxies learn the app (its org, primary region, hostnames) from the catalog.
+    await catalog?.transaction([upsertApp({ name, org: orgSlug, network: String(app.network), primary_region: app.primaryRegion, hostnames: [], created_at: Date.now(), updated_at: Date.now() })]).catch((err) => logger.warn('the catalog did not take the app', { app: name, err }))
     logger.info('app created', { app: name, org: orgSlug })
     return { status: 201, body: appView(app) }
   })
@@ -230,6 +244,7 @@ function buildRoutes({ store, bus, hosts, auth, logger, tenancy }: Deps): Router
     }
     if (failures.length) throw new UnavailableError(`app ${app.name} not deleted: some Machines could not be destroyed (${failures.slice(0, 3).join('; ')})`)
     store.deleteApp(app.name)
+    await catalog?.transaction([deleteCatalogApp(app.name)]).catch((err) => logger.warn('the catalog did not drop the app', { app: app.name, err }))
     return { status: 202, body: {} }
   })
 

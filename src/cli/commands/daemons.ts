@@ -70,7 +70,8 @@ export function registerDaemons(program: Command): void {
     .option('--region <code>', 'region code shown in request ids', 'local')
     .option('--bootstrap-org <slug>', 'create this org (and a token) on first start')
     .option('--token-file <path>', 'where the bootstrap token is written')
+    .option('--catalog <url>', "a catalog node's API URL (apps are written there, Machines looked up)")
     .action(async (opts) => {
-      await runApiProcess({ dataDir: opts.dataDir, natsUrl: opts.nats, host: opts.host, port: Number(opts.port), region: opts.region, bootstrapOrg: opts.bootstrapOrg, tokenFile: opts.tokenFile })
+      await runApiProcess({ dataDir: opts.dataDir, natsUrl: opts.nats, host: opts.host, port: Number(opts.port), region: opts.region, bootstrapOrg: opts.bootstrapOrg, tokenFile: opts.tokenFile, catalogUrl: opts.catalog })
     })
 }

@@ -135,9 +135,10 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   await pushBusyboxImage(registry, 'hangar/busybox:latest')
 
   const apiPort = await freePort(options.apiPort ?? 4280)
+  const catalogApiPort = await freePort()
   const tokenFile = join(apiDir, 'token')
   rmSync(join(apiDir, 'api.url'), { force: true })
-  pids.api = startDetached('api', ['--enable-source-maps', CLI_MAIN, 'api', '--data-dir', apiDir, '--nats', natsUrl, '--port', String(apiPort), '--region', options.region, '--bootstrap-org', ORG, '--token-file', tokenFile], join(apiDir, 'api.log'))
+  pids.api = startDetached('api', ['--enable-source-maps', CLI_MAIN, 'api', '--data-dir', apiDir, '--nats', natsUrl, '--port', String(apiPort), '--region', options.region, '--bootstrap-org', ORG, '--token-file', tokenFile, '--catalog', `http://127.0.0.1:${catalogApiPort}`], join(apiDir, 'api.log'))
   await waitFor('the API', () => existsSync(join(apiDir, 'api.url')) && existsSync(tokenFile), 30_000, join(apiDir, 'api.log'))
   const apiUrl = readFileSync(join(apiDir, 'api.url'), 'utf8').trim()
   const token = readFileSync(tokenFile, 'utf8').trim()
@@ -147,7 +148,6 @@ export async function up(options: { dataDir: string; region: string; apiPort?: n
   // The proxy binds the public ports apps ask for (80, 443, …) on a loopback address of its own,
   // so two `hangar up`s (two --data-dirs) never fight over a port.
   const proxyAddr = loopbackAddressFor(hostId)
-  const catalogApiPort = await freePort()
   pids.host = startDetached('host', ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', options.region, '--nats', natsUrl, '--machine-subnet', subnet,
     '--autostop-interval', options.autostopInterval ?? '3m', '--proxy-listen', proxyAddr, '--catalog-port', String(await freePort()), '--catalog-api-port', String(catalogApiPort)], join(hostDir, 'host.log'))
   writeFileSync(join(hostDir, 'host.pid'), String(pids.host))
