@@ -316,7 +316,7 @@ export async function deploy(options: DeployOptions): Promise<DeployResult> {
   try {
     const releaseCommand = releaseCommandMachineConfig(config, input)
     const releaseCommandResult = releaseCommand ? await runReleaseCommand(ctx, releaseCommand, settings.releaseCommandTimeoutMs) : undefined
-    ctx.existing = machinesByGroup(await api.listMachines(app))
+    ctx.existing = machinesByGroup(await api.listMachines(app), { managedOnly: true })
     const summary = [...ctx.targets.keys()].map((g) => `${g} (${ctx.existing.get(g)?.length ?? 0} Machine(s))`).join(', ')
     progress({ step: 'plan', message: `process groups: ${summary}` })
     await STRATEGIES[strategy](ctx)
@@ -332,7 +332,7 @@ export async function deploy(options: DeployOptions): Promise<DeployResult> {
       for (const machine of machines) await ops.destroy(machine.id, group)
     }
 
-    const live = machinesByGroup(await api.listMachines(app))
+    const live = machinesByGroup(await api.listMachines(app), { managedOnly: true })
     for (const group of ctx.targets.keys()) resultFor(ctx, group).machines = (live.get(group) ?? []).map((m) => m.id)
     const done = await api.updateRelease(app, release.id, { status: 'complete' })
     progress({ step: 'done', message: `release v${release.version} is deployed` })

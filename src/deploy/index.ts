@@ -7,6 +7,6 @@ export { scaleCount, scaleVm, type ScaleCountOptions, type ScaleCountResult, typ
 export { rollMachines, type RollResult } from './roll.js'
 export { appStatus, machineStatus, type AppStatus, type MachineStatus } from './status.js'
 export { launch, type LaunchOptions, type LaunchResult } from './launch.js'
-export { machinesByGroup, groupOf, configForMachine, batches, healthOf, expectedCheckCount, machinesToRemove, type HealthVerdict } from './plan.js'
+export { machinesByGroup, isDeployManaged, groupOf, configForMachine, batches, healthOf, expectedCheckCount, machinesToRemove, type HealthVerdict } from './plan.js'
 export { MachineOps, type MachineOpsOptions } from './machine-ops.js'
 export { noProgress, type DeployApi, type Progress, type ProgressEvent, type ReleaseRecord, type ReleaseStatus } from './ports.js'

@@ -17,6 +17,8 @@ test('machinesByGroup: live Machines by fly_process_group, oldest first; release
     machine('m5', { group: 'web', state: 'destroyed' }), machine('m6', { group: 'worker', state: 'stopped' }),
   ])
   assert.deepEqual([...groups].map(([g, ms]) => [g, ms.map((m) => m.id)]), [['web', ['m1', 'm3']], ['app', ['m2']], ['worker', ['m6']]])
+  const deployed = machine('m7', { config: { image: 'x', metadata: { fly_process_group: 'web', fly_platform_version: 'v2' } } })
+  assert.deepEqual([...machinesByGroup([machine('m1', { group: 'web' }), deployed], { managedOnly: true })].map(([g, ms]) => [g, ms.map((m) => m.id)]), [['web', ['m7']]], 'Machines made by hand are not a deploy’s to replace')
 })
 
 test('configForMachine keeps the size, mounts and user metadata of the Machine unless fly.toml says otherwise', () => {

@@ -16,12 +16,19 @@ export function releaseVersionOf(machine: Pick<Machine, 'config'>): string | und
   return machine.config.metadata?.[METADATA_KEYS.releaseVersion]
 }
 
+/** Whether a deploy made the Machine (flyctl: only Machines with `fly_platform_version` are
+ * managed by deploys; ones made with `hangar machine run` are left alone). */
+export function isDeployManaged(machine: Pick<Machine, 'config'>): boolean {
+  return machine.config.metadata?.[METADATA_KEYS.platformVersion] !== undefined
+}
+
 /** The app's live Machines by process group, oldest first; the release command's one-shot
- * Machines are not part of any group. */
-export function machinesByGroup(machines: readonly Machine[]): Map<string, Machine[]> {
+ * Machines are not part of any group. With `managedOnly`, Machines no deploy made are left out. */
+export function machinesByGroup(machines: readonly Machine[], options: { managedOnly?: boolean } = {}): Map<string, Machine[]> {
   const groups = new Map<string, Machine[]>()
   for (const machine of [...machines].sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id))) {
     if (!LIVE_STATES.has(machine.state)) continue
+    if (options.managedOnly && !isDeployManaged(machine)) continue
     const group = groupOf(machine)
     if (group === RELEASE_COMMAND_GROUP) continue
     const list = groups.get(group) ?? []

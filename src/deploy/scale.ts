@@ -55,7 +55,7 @@ export async function scaleCount(options: ScaleCountOptions): Promise<ScaleCount
   if (!Number.isInteger(count) || count < 0 || count > 100) throw new InvalidArgumentError(`count must be a whole number from 0 to 100, got ${count}`)
   const ops = opsFor(api, app, options)
   const progress = options.progress ?? noProgress
-  const groups = machinesByGroup(await api.listMachines(app))
+  const groups = machinesByGroup(await api.listMachines(app), { managedOnly: true })
   const group = pickGroup(groups, options.group, options.config)
   const machines = groups.get(group) ?? []
   const scoped = region ? machines.filter((m) => m.region === region) : machines
