@@ -92,6 +92,22 @@ test('tenancy: each org’s token gets 404 for the other org’s apps, Machines,
     })
   }
 
+  await t.test('a machine-exec token runs only its commands on its Machine, and controls nothing else', async () => {
+    const [alpha] = tenants
+    const minted = await request(alpha!.token, 'POST', '/v1/tokens', { kind: 'machine-exec', app_name: alpha!.app, machine_id: alpha!.machineId, commands: [['echo']] })
+    assert.equal(minted.status, 201, JSON.stringify(minted.body))
+    const exec = (command: string[]) => request(minted.body.token, 'POST', `/v1/apps/${alpha!.app}/machines/${alpha!.machineId}/exec`, { command })
+    const allowed = await exec(['echo', 'allowed'])
+    assert.equal(allowed.status, 200)
+    assert.equal(allowed.body.stdout, 'allowed\n')
+    const refused = await exec(['sh', '-c', 'echo $DATABASE_URL'])
+    assert.equal(refused.status, 403)
+    assert.match(refused.body.error, /does not allow running "sh -c echo \$DATABASE_URL"/)
+    assert.equal((await request(minted.body.token, 'POST', `/v1/apps/${alpha!.app}/machines/${alpha!.machineId}/stop`, {})).status, 403)
+    assert.equal((await request(minted.body.token, 'GET', `/v1/apps/${alpha!.app}/machines/${alpha!.machineId}`)).status, 200, 'it may read the Machine')
+    assert.equal((await request(minted.body.token, 'POST', `/v1/apps/${tenants[1]!.app}/machines/${tenants[1]!.machineId}/exec`, { command: ['echo'] })).status, 404)
+  })
+
   await t.test('nothing of either org changed, and each owner still reaches everything', async () => {
     for (const tenant of tenants) {
       const machine = await request(tenant.token, 'GET', `/v1/apps/${tenant.app}/machines/${tenant.machineId}`)
