@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import { runCommand, type RunOptions } from '../core/command.js'
 import { InvalidArgumentError, UnavailableError, silentLogger, type Logger } from '../core/index.js'
@@ -167,6 +168,9 @@ export class WireguardMesh {
         await this.ip(['link', 'del', this.interfaceName], { allowFailure: true })
         rmSync(join(UAPI_DIR, `${this.interfaceName}.sock`), { force: true })
         rmSync(join(this.options.dataDir, 'wireguard', 'wireguard-go.pid'), { force: true })
+      } else if (!(await socketAnswers(join(UAPI_DIR, `${this.interfaceName}.sock`)))) {
+        // Our wireguard-go was killed (SIGKILL leaves its socket behind); nobody serves the name.
+        rmSync(join(UAPI_DIR, `${this.interfaceName}.sock`), { force: true })
       }
       this.logger.info('wireguard mesh down', { interface: this.interfaceName })
     })()
@@ -194,6 +198,15 @@ export class WireguardMesh {
       await new Promise((resolve) => setTimeout(resolve, 10))
     }
   }
+}
+
+function socketAnswers(path: string): Promise<boolean> {
+  if (!existsSync(path)) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    const socket = createConnection(path)
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
+  })
 }
 
 /** A wireguard-go left by a host that died without close(): kill it (by its pid file, only if

@@ -1,0 +1,423 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { fileURLToPath } from 'node:url'
+import { hostIdFor, type HostInfo } from '../../src/agent/index.js'
+import { Bus, SUBJECTS } from '../../src/bus/index.js'
+import { ApiClient } from '../../src/cli/api-client.js'
+import { runCommand } from '../../src/core/command.js'
+import { cleanupHost } from '../../src/host/index.js'
+import { WireguardMesh, hostNumber, hostSixpnPrefix, overlayAddressFor, type MeshPeer } from '../../src/network/index.js'
+import { createNetnsStar, killNetnsProcesses, netnsExec, type NetnsStar } from './netns-star.js'
+import { startHub, type Hub, type NatsNodeInfo } from './netns-hub.js'
+import type { DelayTable, WanEmulator } from './wan-emulator.js'
+
+// N Hangar hosts in network namespaces on this machine, for multi-host tests (DESIGN "Hosts in
+// tests"; issue 4 "How it is shown"):
+//
+//   root ns (the test) ──veth── hub ns: br0, WAN relay, NATS ×3 ──veth── host ns h0: `hangar host`, wireguard-go
+//      API process on 127.0.0.1          (one helper process,        ──veth── host ns h1: …
+//      registry on 127.0.0.1              see netns-hub.ts)           …
+//
+// - Underlay: one /24 (netns-star.ts). Host bridge ports are isolated, so hosts cannot reach each
+//   other directly: host-to-host traffic goes over the WireGuard mesh, whose peer endpoints are
+//   the WAN relay's sockets in the hub, so every inter-host datagram gets its region pair's
+//   one-way delay (and a partition drops it).
+// - NATS: three `nats-server`s in the hub namespace, clustered by routes. Why the hub: NATS is
+//   the platform's shared control plane, not part of any host, so killing, restarting or
+//   partitioning a host in a test never takes a NATS node with it, and the API in the root
+//   namespace reaches it over the kit's veth. Hosts are spread over the nodes (host i → node
+//   i mod 3), so a message between hosts crosses NATS routes as in production. NATS traffic is
+//   not delayed: it is the control plane; the data plane (catalog, backhaul) rides the mesh.
+// - Hosts: `hangar host` under `nsenter --net` (network namespace only). Not `ip netns exec`: it
+//   also unshares the mount namespace (MS_SLAVE), which would hide the agent's overlayfs and
+//   Machine-netns bind mounts from everyone else, cleanup included.
+// - The registry (test/kit/registry.ts) listens on 127.0.0.1 in the root namespace, and image
+//   references must stay loopback ones (the registry client speaks plain HTTP only to loopback).
+//   So each host namespace DNATs 127.0.0.1:<port> to the test's address on the star, where a TCP
+//   forwarder in this process relays to 127.0.0.1:<port> (`exposeLoopbackPort`). The forwarder
+//   listens on the kit's own veth address only, reachable from the kit's namespaces alone.
+//
+// THE SEAM: until `hangar host` runs the mesh itself, this kit builds it around the hosts —
+// `WireguardMesh.start` per host namespace and `setPeers` with endpoints from the WAN relay
+// (see `meshPeersFor`). The integrator moves `WireguardMesh.start({ hostId, dataDir })` into
+// `hangar host` and feeds `setPeers` from the catalog's hosts table; the kit then only has to
+// hand each host the relay endpoints (e.g. by an endpoint-override file or flag).
+
+const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url))
+const WIREGUARD_PORT = 51820
+
+export interface ClusterOptions {
+  /** One region per host, e.g. ['ams', 'sjc', 'fra', 'syd']: the cluster has regions.length hosts. */
+  regions: string[]
+  /** One-way delays in ms by region pair, 'ams:sjc' (wan-emulator.ts). */
+  delays?: DelayTable
+  defaultDelayMs?: number
+  sameRegionDelayMs?: number
+  /** NATS cluster size (default 3). */
+  natsNodes?: number
+  /** A registry on 127.0.0.1 (test/kit/registry.ts) that hosts must pull from. */
+  registry?: { host: string }
+  /** More root-namespace loopback TCP ports to make reachable from the hosts as 127.0.0.1:<port>. */
+  exposeLoopbackPorts?: number[]
+  /** Build the WireGuard mesh around the hosts (default true). */
+  mesh?: boolean
+  /** Run a proxy on every host, bound to its underlay address (default true). */
+  proxy?: boolean
+  /** More `hangar host` flags per host. */
+  hostArgs?: (host: ClusterHost) => string[]
+  hostEnv?: NodeJS.ProcessEnv
+  /** The org created with the API's bootstrap token (default 'personal'). */
+  org?: string
+  /** How long to wait for every host to register (default 60 s). */
+  readyTimeoutMs?: number
+}
+
+export interface ClusterHost {
+  readonly index: number
+  /** 'h0', 'h1', … */
+  readonly name: string
+  readonly region: string
+  readonly hostId: string
+  readonly netns: string
+  readonly underlayAddress: string
+  /** fdaa:ffff:0:<host>::1 — where other hosts reach this one over the mesh. */
+  readonly overlayAddress: string
+  /** Where the host's proxy binds apps' public ports (its underlay address). */
+  readonly proxyAddress: string
+  readonly dataDir: string
+  /** The NATS URL this host was given. */
+  readonly natsUrl: string
+  readonly logFile: string
+  mesh?: WireguardMesh
+  /** The `hangar host` supervisor's pid while it runs. */
+  pid(): number | undefined
+  agentPid(): number | undefined
+  /** [command, args] that run a command in this host's network namespace. */
+  exec(command: string, args: string[]): [string, string[]]
+  /** Stops `hangar host` (SIGTERM: a clean stop; SIGKILL: a crash — its components die too).
+   * The host's mesh device stays: it belongs to the machine, not to the process. */
+  stop(signal?: NodeJS.Signals): Promise<void>
+  /** Starts `hangar host` again with the same data dir and waits until it answers on NATS. */
+  start(): Promise<void>
+}
+
+export interface OverlayRtt { minMs: number; avgMs: number; maxMs: number; received: number; sent: number }
+
+export interface Cluster {
+  readonly dir: string
+  readonly star: NetnsStar
+  readonly hosts: ClusterHost[]
+  readonly nats: NatsNodeInfo[]
+  readonly natsUrls: string[]
+  readonly hub: Hub
+  readonly wan: WanEmulator
+  readonly apiUrl: string
+  readonly token: string
+  readonly org: string
+  readonly client: ApiClient
+  /** Start-up phases in ms (star, hub, nats, mesh, api, hosts, total). */
+  readonly timings: Record<string, number>
+  host(nameOrRegion: string): ClusterHost
+  /** Raw fetch against the API with the cluster's token (`token: null` sends none). */
+  fetch(path: string, init?: RequestInit & { token?: string | null }): Promise<Response>
+  /** Drops all of a host's mesh traffic at the WAN relay until heal(). */
+  partition(host: ClusterHost): Promise<void>
+  heal(host: ClusterHost): Promise<void>
+  /** ping6 over the mesh from one host to another's overlay address. */
+  overlayRtt(from: ClusterHost, to: ClusterHost, count?: number): Promise<OverlayRtt>
+  /** Routes these org networks' Machines between hosts over the mesh: each peer's allowed IPs get
+   * its per-network 6PN /80s (the seam: the catalog will tell `hangar host` which networks). */
+  routeMachineNetworks(networks: readonly number[]): Promise<void>
+  /** Makes 127.0.0.1:<port> of the root namespace reachable from every host as 127.0.0.1:<port>. */
+  exposeLoopbackPort(port: number): Promise<void>
+  close(): Promise<void>
+}
+
+// Best effort on Ctrl-C: every live cluster is torn down before the process exits.
+const liveClusters = new Set<Cluster>()
+let sigintInstalled = false
+function trackForSigint(cluster: Cluster): void {
+  liveClusters.add(cluster)
+  if (sigintInstalled) return
+  sigintInstalled = true
+  process.once('SIGINT', () => {
+    void Promise.allSettled([...liveClusters].map((c) => c.close())).finally(() => process.exit(130))
+  })
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, hint = ''): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let lastError: unknown
+  for (;;) {
+    try {
+      const value = await probe()
+      if (value !== undefined && value !== false) return value
+    } catch (err) { lastError = err }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}${hint}`)
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals, graceMs: number): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill(signal)
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  await exited
+  clearTimeout(timer)
+}
+
+function readPid(file: string): number | undefined {
+  try { return Number(readFileSync(file, 'utf8')) || undefined } catch { return undefined }
+}
+
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => { const { port } = server.address() as { port: number }; server.close(() => resolve(port)) })
+  })
+}
+
+/** The peer set of `host` in a kit-built mesh: every other host, reached through the WAN relay,
+ * with the per-network 6PN /80s of `networks` on that host (what the catalog will provide). */
+export function meshPeersFor(host: ClusterHost, hosts: ClusterHost[], wan: WanEmulator, networks: readonly number[] = []): MeshPeer[] {
+  return hosts.filter((other) => other !== host && other.mesh).map((other) => other.mesh!.selfPeer(
+    wan.endpointFor(host.hostId, other.hostId),
+    networks.map((network) => hostSixpnPrefix(network, hostNumber(other.hostId))),
+  ))
+}
+
+export async function startCluster(options: ClusterOptions): Promise<Cluster> {
+  if (!Array.isArray(options.regions) || options.regions.length === 0) throw new Error('regions: one region per host, at least one')
+  const began = performance.now()
+  let lap = began
+  const timings: Record<string, number> = {}
+  const mark = (phase: string) => { const now = performance.now(); timings[phase] = Math.round(now - lap); lap = now }
+  const dir = mkdtempSync(join(tmpdir(), 'hangar-cluster-'))
+  const org = options.org ?? 'personal'
+  const cleanups: Array<() => Promise<unknown>> = []
+  const hostChildren = new Map<number, ChildProcess>()
+  const forwarders: Array<{ server: Server; sockets: Set<Socket> }> = []
+  let star: NetnsStar | undefined
+  let closing: Promise<void> | undefined
+  const hosts: ClusterHost[] = []
+
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      // Hosts first, gracefully (the supervisor stops agent and proxy), then anything left in
+      // their namespaces, then their Machines, mounts and Machine namespaces.
+      await Promise.allSettled([...hostChildren.values()].map((child) => stopChild(child, 'SIGTERM', 10_000)))
+      for (const host of hosts) await host.mesh?.close().catch(() => undefined)
+      for (const host of hosts) await killNetnsProcesses(host.netns).catch(() => undefined)
+      for (const host of hosts) await cleanupHost(host.dataDir).catch(() => undefined)
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined)
+      for (const forwarder of forwarders) {
+        for (const socket of forwarder.sockets) socket.destroy()
+        await new Promise<void>((resolve) => forwarder.server.close(() => resolve()))
+      }
+      await star?.close()
+      if (!process.env.HANGAR_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
+      liveClusters.delete(cluster)
+    })()
+    return closing
+  }
+  // A placeholder so close() can run before the cluster object is complete.
+  let cluster = { close } as unknown as Cluster
+
+  try {
+    star = await createNetnsStar({ hosts: options.regions.length, prefix: 'hgc', isolateHosts: true })
+    const theStar = star
+    mark('star')
+
+    const hub = await startHub({
+      netns: theStar.hub.netns, address: theStar.hub.address, logFile: join(dir, 'hub.log'),
+      wan: { delays: options.delays ?? {}, defaultDelayMs: options.defaultDelayMs, sameRegionDelayMs: options.sameRegionDelayMs },
+    })
+    cleanups.push(() => hub.close())
+    mark('hub')
+    const natsPromise = hub.startNats({ nodes: options.natsNodes ?? 3, dataDir: join(dir, 'nats'), clusterName: `hangar-${theStar.suffix}` })
+
+    // Host records (ids are fixed before anything starts: the mesh needs them).
+    for (const [index, region] of options.regions.entries()) {
+      const node = theStar.hosts[index]!
+      const dataDir = join(dir, 'hosts', `h${index}`)
+      const hostId = hostIdFor(dataDir)
+      const host: ClusterHost = {
+        index, name: `h${index}`, region, hostId, netns: node.netns, underlayAddress: node.address, overlayAddress: overlayAddressFor(hostId),
+        proxyAddress: node.address, dataDir, natsUrl: '', logFile: join(dir, 'hosts', `h${index}.log`),
+        pid: () => { const child = hostChildren.get(index); return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined },
+        agentPid: () => readPid(join(dataDir, 'agent.pid')),
+        exec: (command, args) => netnsExec(node.netns, command, args),
+        stop: async (signal = 'SIGTERM') => {
+          const child = hostChildren.get(index)
+          if (signal === 'SIGKILL') {
+            // A crash of the whole host: supervisor, agent and proxy at once (Machines and the
+            // mesh device survive, as on a real machine whose hangar processes were killed).
+            const pids = [child?.pid, readPid(join(dataDir, 'agent.pid')), readPid(join(dataDir, 'proxy.pid'))]
+            for (const pid of pids) { if (pid) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } } }
+            if (child && child.exitCode === null && child.signalCode === null) await new Promise<void>((resolve) => child.once('exit', () => resolve()))
+          } else {
+            await stopChild(child, signal, 10_000)
+          }
+          hostChildren.delete(index)
+        },
+        start: async () => {
+          if (hostChildren.has(index) && host.pid()) throw new Error(`host ${host.name} is running`)
+          launchHost(host)
+          await waitForHosts([host])
+        },
+      }
+      hosts.push(host)
+    }
+
+    // ── the mesh, until `hangar host` manages it (see THE SEAM above) ──
+    if (options.mesh ?? true) {
+      await Promise.all(hosts.map(async (host) => {
+        host.mesh = await WireguardMesh.start({ hostId: host.hostId, dataDir: host.dataDir, netns: host.netns, listenPort: WIREGUARD_PORT })
+      }))
+      for (const host of hosts) cleanups.push(() => host.mesh!.close())
+      await hub.wan.addHosts(hosts.map((h) => ({ hostId: h.hostId, region: h.region, endpoint: `${h.underlayAddress}:${h.mesh!.listenPort}` })))
+      await Promise.all(hosts.map((host) => host.mesh!.setPeers(meshPeersFor(host, hosts, hub.wan))))
+      // One handshake per pair, started by one side only: when both sides start one within a
+      // round trip, each drops the other's answer and the pair waits out WireGuard's 5 s rekey.
+      await Promise.all(hosts.flatMap((a, i) => hosts.slice(i + 1).map(async (b) => {
+        await waitFor(`the mesh between ${a.name} and ${b.name}`, async () => {
+          const [command, args] = a.exec('ping', ['-6', '-n', '-c', '1', '-W', '2', b.overlayAddress])
+          return (await runCommand(command, args, { allowFailure: true, timeoutMs: 5000 })).code === 0
+        }, 20_000)
+      })))
+    }
+    mark('mesh')
+
+    const nats = await natsPromise
+    mark('nats')
+
+    const exposed = new Set<number>()
+    const exposeLoopbackPort = async (port: number) => {
+      if (exposed.has(port)) return
+      exposed.add(port)
+      const sockets = new Set<Socket>()
+      const server = createServer((client) => {
+        const upstream = createConnection({ host: '127.0.0.1', port })
+        for (const socket of [client, upstream]) { sockets.add(socket); socket.once('close', () => sockets.delete(socket)); socket.on('error', () => { client.destroy(); upstream.destroy() }) }
+        client.pipe(upstream).pipe(client)
+      })
+      await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, theStar.testAddress, () => resolve()) })
+      forwarders.push({ server, sockets })
+      // Inside each host: 127.0.0.1:<port> → the test's address (route_localnet lets a
+      // loopback-sourced packet leave; masquerade gives it the host's own source address).
+      await Promise.all(hosts.map(async (host) => {
+        await theStar.run(host.netns, 'sysctl', ['-qw', 'net.ipv4.conf.all.route_localnet=1'])
+        await theStar.run(host.netns, 'nft', ['-f', '-'], `
+          table ip hangar_loopback_${port} {
+            chain output { type nat hook output priority -100; policy accept; ip daddr 127.0.0.1 tcp dport ${port} dnat to ${theStar.testAddress}:${port}; }
+            chain postrouting { type nat hook postrouting priority 100; policy accept; ip saddr 127.0.0.0/8 oifname "eth0" masquerade; }
+          }
+`)
+      }))
+    }
+    const loopbackPorts = [...(options.exposeLoopbackPorts ?? []), ...(options.registry ? [Number(options.registry.host.split(':').at(-1))] : [])]
+    for (const port of loopbackPorts) await exposeLoopbackPort(port)
+
+    // The API: its own process in the root namespace, on loopback.
+    const apiPort = await freeLoopbackPort()
+    const tokenFile = join(dir, 'api', 'token')
+    const apiLog = openSync(join(dir, 'api.log'), 'a')
+    const api = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', process.execPath, '--enable-source-maps', CLI_MAIN, 'api', '--data-dir', join(dir, 'api'),
+      '--nats', nats[0]!.url, '--host', '127.0.0.1', '--port', String(apiPort), '--region', options.regions[0]!, '--bootstrap-org', org, '--token-file', tokenFile], {
+      stdio: ['ignore', apiLog, apiLog], env: { ...process.env, HANGAR_SKIP_SETUP: '1' },
+    })
+    closeSync(apiLog)
+    cleanups.push(() => stopChild(api, 'SIGTERM', 5000))
+    const apiUrl = `http://127.0.0.1:${apiPort}`
+
+    const bus = await Bus.connect(nats.map((n) => n.url), { name: 'cluster-kit' })
+    cleanups.push(() => bus.close())
+
+    function launchHost(host: ClusterHost): void {
+      const natsUrl = nats[host.index % nats.length]!.url
+      ;(host as { natsUrl: string }).natsUrl = natsUrl
+      const args = ['host', '--data-dir', host.dataDir, '--region', host.region, '--nats', natsUrl, '--host-address', host.overlayAddress,
+        '--max-restart-backoff', '500ms', ...((options.proxy ?? true) ? ['--proxy-listen', host.proxyAddress] : ['--no-proxy']), ...(options.hostArgs?.(host) ?? [])]
+      const log = openSync(host.logFile, 'a')
+      // pdeathsig: a host never outlives the test process; SIGTERM lets it stop its components.
+      const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', ...netnsExec(host.netns, process.execPath, ['--enable-source-maps', CLI_MAIN, ...args]).flat()], {
+        stdio: ['ignore', log, log], env: { ...process.env, HANGAR_SKIP_SETUP: '1', ...options.hostEnv },
+      })
+      closeSync(log)
+      hostChildren.set(host.index, child)
+    }
+
+    async function waitForHosts(wanted: ClusterHost[]): Promise<void> {
+      const ids = new Set(wanted.map((h) => h.hostId))
+      await waitFor(`hosts ${wanted.map((h) => h.name).join(', ')} to answer on NATS`, async () => {
+        for (const host of wanted) {
+          const child = hostChildren.get(host.index)
+          if (!child || child.exitCode !== null) throw new Error(`hangar host ${host.name} exited (${child?.exitCode}); see ${host.logFile} and ${join(host.dataDir, 'logs')}`)
+        }
+        const infos = await bus.gather<HostInfo>(SUBJECTS.hostsDiscover, {}, 250, ids.size)
+        const seen = new Set(infos.map((i) => i.id))
+        return [...ids].every((id) => seen.has(id))
+      }, options.readyTimeoutMs ?? 60_000, ` (logs: ${wanted.map((h) => h.logFile).join(', ')})`)
+    }
+
+    for (const host of hosts) launchHost(host)
+    const token = await waitFor('the API to start', () => existsSync(tokenFile) && existsSync(join(dir, 'api', 'api.url')) ? readFileSync(tokenFile, 'utf8').trim() : undefined,
+      30_000, ` (log: ${join(dir, 'api.log')})`)
+    mark('api')
+    await waitForHosts(hosts)
+    // And the API sees them: every region listed.
+    const client = new ApiClient(apiUrl, token)
+    const apiFetch = (path: string, init: RequestInit & { token?: string | null } = {}) => {
+      const { token: override, ...rest } = init
+      const headers = new Headers(rest.headers)
+      const bearer = override === undefined ? token : override
+      if (bearer !== null) headers.set('authorization', `Bearer ${bearer}`)
+      return fetch(`${apiUrl}${path}`, { ...rest, headers })
+    }
+    const regions = [...new Set(options.regions)]
+    await waitFor('the API to list every region', async () => {
+      const body = await (await apiFetch('/v1/platform/regions')).json() as { regions: Array<{ code: string }> }
+      const listed = new Set(body.regions.map((r) => r.code))
+      return regions.every((r) => listed.has(r))
+    }, options.readyTimeoutMs ?? 60_000)
+    mark('hosts')
+    timings.total = Math.round(performance.now() - began)
+
+    cluster = {
+      dir, star: theStar, hosts, nats, natsUrls: nats.map((n) => n.url), hub, wan: hub.wan, apiUrl, token, org, client, timings,
+      host(nameOrRegion) {
+        const found = hosts.find((h) => h.name === nameOrRegion) ?? hosts.find((h) => h.region === nameOrRegion)
+        if (!found) throw new Error(`no host or region ${nameOrRegion} in the cluster`)
+        return found
+      },
+      fetch: apiFetch,
+      partition: (host) => hub.wan.partition(host.hostId),
+      heal: (host) => hub.wan.heal(host.hostId),
+      async overlayRtt(from, to, count = 10) {
+        const [command, args] = from.exec('ping', ['-6', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '2', to.overlayAddress])
+        const result = await runCommand(command, args, { allowFailure: true, timeoutMs: 10_000 + count * 1000 })
+        const packets = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout)
+        const rtt = /= ([\d.]+)\/([\d.]+)\/([\d.]+)\//.exec(result.stdout)
+        if (!packets || !rtt) throw new Error(`ping6 ${from.name} → ${to.name} (${to.overlayAddress}) got no replies: ${result.stdout.trim()} ${result.stderr.trim()}`)
+        return { sent: Number(packets[1]), received: Number(packets[2]), minMs: Number(rtt[1]), avgMs: Number(rtt[2]), maxMs: Number(rtt[3]) }
+      },
+      async routeMachineNetworks(networks) {
+        if (!hosts.every((h) => h.mesh)) throw new Error('the cluster was started without a mesh')
+        await Promise.all(hosts.map((host) => host.mesh!.setPeers(meshPeersFor(host, hosts, hub.wan, networks))))
+      },
+      exposeLoopbackPort,
+      close,
+    }
+    trackForSigint(cluster)
+    return cluster
+  } catch (err) {
+    await close()
+    throw err
+  }
+}
