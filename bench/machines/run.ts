@@ -142,7 +142,7 @@ async function main() {
   let platform: Platform | undefined
   try {
     await pushBusyboxImage(registry, 'busybox:v1')
-    platform = await startPlatform({ region: 'bch' })
+    platform = await startPlatform({ region: 'bch', hostArgs: ['--cpus', '100000', '--memory-mb', '100000000'] })
     process.stderr.write(`bench/machines: ${SAMPLES} sequential samples, bursts of ${BURST} at concurrency ${CONCURRENCY}\n`)
     const ours = await hangar(platform, `${registry.host}/busybox:v1`)
     const base = await crunBaseline(dir)

@@ -71,6 +71,7 @@ const DEFAULT_STOP_TIMEOUT_MS = 5_000
 const DEFAULT_STOP_SIGNAL = 'SIGINT'
 const KILL_GRACE_MS = 10_000
 const DEFAULT_MAX_RETRIES = 10
+const PUBLISH_COALESCE_MS = 15
 
 export class Agent {
   readonly store: AgentStore
@@ -81,6 +82,7 @@ export class Agent {
   private readonly queues = new Map<string, Promise<unknown>>()
   private readonly exitWaiters = new Map<string, Set<(exit: GuestExit) => void>>()
   private readonly stateWaiters = new Map<string, Set<() => void>>()
+  private readonly publishTimers = new Map<string, NodeJS.Timeout>()
   private readonly checks = new Map<string, MachineChecks>()
   private readonly images = new Map<string, AgentImage>()
   private readonly tailer: LogTailer
@@ -865,9 +867,18 @@ export class Agent {
     this.changed(machine.id)
   }
 
+  /** A Machine changed: local waiters hear at once; the platform (NATS, catalog, proxies) gets
+   * the Machine's latest view a few ms later, so the burst of states one operation passes
+   * through (creating → starting → started) goes out once, as where it landed. */
   private changed(machineId: string): void {
     const waiters = this.stateWaiters.get(machineId)
     if (waiters) for (const waiter of [...waiters]) waiter()
+    if (this.publishTimers.has(machineId)) return
+    const timer = setTimeout(() => { this.publishTimers.delete(machineId); this.publish(machineId) }, PUBLISH_COALESCE_MS)
+    this.publishTimers.set(machineId, timer)
+  }
+
+  private publish(machineId: string): void {
     const machine = this.store.getMachine(machineId)
     if (!machine) return
     const view = this.machineView(machine)
@@ -957,6 +968,8 @@ export class Agent {
     this.closed = true
     this.stopExitWatch?.()
     await Promise.allSettled([...this.queues.values()])
+    for (const [id, timer] of this.publishTimers) { clearTimeout(timer); this.publish(id) }
+    this.publishTimers.clear()
     for (const id of [...this.checks.keys()]) this.stopChecks(id)
     this.tailer.close()
     this.store.close()
