@@ -5,6 +5,7 @@ import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushBusyboxImage, pushHttpServerImage, HTTP_SERVER_BODY, type LayerEntry } from './kit/images.js'
 import { startAgentHost, type AgentHost } from './kit/agent-host.js'
 import { isIllegalState, isNotFound, type CreateMachineRequest, type MachineConfig } from '../src/core/index.js'
+import { eventually } from './kit/eventually.js'
 
 // The agent with real parts: crun guests under conmon, images from a real registry, overlay
 // rootfs, network namespaces. Each user-visible behaviour of a Machine's lifecycle.
@@ -22,18 +23,6 @@ const httpGet = (host: string, port: number, path = '/'): Promise<{ status: numb
   req.end()
 })
 
-async function eventually<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const value = await probe()
-      if (value !== undefined && value !== false) return value
-    } catch (err) { last = err }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 test('agent: Machines from registry images through their whole lifecycle', { timeout: 180_000 }, async (t) => {
   let registry: TestRegistry | undefined

@@ -6,6 +6,7 @@ import { pushHttpServerImage, HTTP_SERVER_BODY } from './kit/images.js'
 import { startPlatform, type Platform } from './kit/platform.js'
 import type { Machine } from '../src/core/index.js'
 import { CatalogClient } from '../src/catalog/index.js'
+import { eventually } from './kit/eventually.js'
 
 // The proxy on a real host, fed by the agent over NATS, in front of real crun Machines: routing
 // follows Machine changes, a stopped Machine is started by the first request (autostart), and
@@ -23,15 +24,6 @@ const get = (host: string, port: number, headers: Record<string, string> = {}): 
     req.end()
   })
 
-async function eventually<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try { const v = await probe(); if (v !== undefined && v !== false) return v } catch (err) { last = err }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 test('proxy on a host: routes to Machines, autostarts a stopped one, autostops an idle one', { timeout: 180_000 }, async (t) => {
   let registry: TestRegistry | undefined

@@ -8,14 +8,8 @@ import { newUlid, type ExitEvent, type ImageRef, type MachineConfig, type Machin
 // kill -9 of the agent. Operations are logged step by step, append-only, *before* each step runs,
 // so a restarted agent knows exactly where every unfinished operation stopped.
 
-export interface ImageRuntimeConfig {
-  env: string[]
-  entrypoint: string[]
-  cmd: string[]
-  workingDir: string
-  user: string
-  labels: Record<string, string>
-}
+/** The parts of an image's config a Machine's process is made from (src/images parses it). */
+export type ImageRuntimeConfig = Pick<import('../images/index.js').ImageRuntimeConfig, 'env' | 'entrypoint' | 'cmd' | 'workingDir' | 'user' | 'labels'>
 
 export interface MachineRow {
   id: string
