@@ -84,8 +84,9 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
 
   await t.test('ps lists the guest processes', async () => {
     const machine = await create({ image: http })
-    const ps = await agent.processes(app, machine.id)
-    assert.ok(ps.some((p) => p.command.startsWith('httpd')))
+    // tini execs the main process a moment after the guest is started.
+    const ps = await eventually('httpd in the process list', async () => { const list = await agent.processes(app, machine.id); return list.some((p) => p.command.startsWith('httpd')) ? list : undefined })
+    assert.ok(ps.some((p) => p.command.startsWith('/.hangar/tini')))
     await agent.destroyMachine(app, machine.id, { force: true })
     assert.equal(agent.getMachine(app, machine.id).state, 'destroyed')
   })
@@ -178,7 +179,7 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
 
   await t.test('Machines outlive the agent: a reopened agent adopts its running guests', async () => {
     const machine = await create({ image: busybox, init: { cmd: ['sh', '-c', 'while :; do sleep 0.05; done'] } })
-    const pidBefore = (await agent.processes(app, machine.id)).find((p) => p.command.includes('while'))!.pid
+    const pidBefore = await eventually('the guest loop', async () => (await agent.processes(app, machine.id)).find((p) => p.command.includes('while'))?.pid)
     const reopened = await host!.reopen()
     assert.equal(reopened.getMachine(app, machine.id).state, 'started')
     const pidAfter = (await reopened.processes(app, machine.id)).find((p) => p.command.includes('while'))!.pid
