@@ -5,6 +5,7 @@ import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushBusyboxImage, pushHttpServerImage } from './kit/images.js'
 import { startPlatform, CLI_MAIN, type Platform } from './kit/platform.js'
 import type { Machine } from '../src/core/index.js'
+import { eventually } from './kit/eventually.js'
 
 // The Machines API end to end: real HTTP, real NATS, a real host process running crun guests
 // from a real registry. Asserts what a user of Fly's API would see.
@@ -180,8 +181,8 @@ test('Machines API: apps, machines and every machine endpoint, with Fly-shaped e
     const exec = await json(await post(`${base}/exec`, { command: ['sh', '-c', 'echo $A; echo oops >&2; exit 4'] }))
     assert.deepEqual(exec, { exit_code: 4, exit_signal: 0, stdout: '1\n', stderr: 'oops\n' })
     assert.equal((await post(`${base}/exec`, { command: [] })).status, 400)
-    const ps = await json(await p.fetch(`${base}/ps`))
-    assert.ok(ps.some((proc: { command: string }) => proc.command.includes('httpd')))
+    const ps = await eventually('httpd in ps', async () => { const list = await json(await p.fetch(`${base}/ps`)); return list.some((proc: { command: string }) => proc.command.includes('httpd')) ? list : undefined })
+    assert.ok(ps.every((proc: { pid: number; rss: number }) => proc.pid > 0 && proc.rss >= 0))
     const current = await json(await p.fetch(base))
     const stale = await post(base, { config: { ...current.config, env: { A: '2' } }, current_version: '01HZZZZZZZZZZZZZZZZZZZZZZZ' })
     assert.equal(stale.status, 409)
