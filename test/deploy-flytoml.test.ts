@@ -7,12 +7,12 @@ import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushHttpServerImage } from './kit/images.js'
 import { startPlatform, type Platform } from './kit/platform.js'
 import { cliOk, runCli } from './kit/deploy-cli.js'
-import { proxyPort, startLoad, startTestProxy, type LoadStats, type TestProxy } from './kit/deploy-proxy.js'
+import { requestOnce, startLoad, type LoadStats } from './kit/deploy-proxy.js'
 
 // Deploys from fly.toml with real Machines (issue 5): the CLI (`hangar launch`, `deploy`, `scale`,
 // `status`, `releases`) against a one-host platform and a real registry, two process groups, an
-// http_service with checks, and the Hangar proxy (src/proxy, fed over NATS) in front. A load loop
-// runs through the proxy during every deploy and counts failed requests: good rolling and
+// http_service with checks, and the host's own proxy in front. A load loop runs through the
+// proxy during every deploy and counts failed requests: good rolling and
 // bluegreen deploys — and deploys that abort — must not fail a single one.
 
 const V1 = 'release one\n'
@@ -72,10 +72,8 @@ ${extra}
 test('deploys from fly.toml: process groups, strategies under load through the proxy, aborts that keep the old release serving', { timeout: 420_000 }, async (t) => {
   let registry: TestRegistry | undefined
   let platform: Platform | undefined
-  let proxy: TestProxy | undefined
   const dir = mkdtempSync(join(tmpdir(), 'hangar-deploy-'))
   t.after(async () => {
-    await proxy?.close()
     await platform?.close()
     await registry?.stop()
     rmSync(dir, { recursive: true, force: true })
@@ -94,7 +92,6 @@ test('deploys from fly.toml: process groups, strategies under load through the p
   const report: string[] = []
   writeFileSync(join(dir, 'fly.toml'), flyToml(image('v1'), '  release_command = "sh -c \'test $GREETING = hello\'"'))
 
-  let port = 0
   await t.test('launch creates the app from fly.toml; the first deploy runs the release command and makes one Machine per group', async () => {
     const launched = JSON.parse(await cli(['launch', '--json']))
     assert.deepEqual([launched.app, launched.createdApp, launched.wroteConfig], ['shop', true, false])
@@ -122,16 +119,22 @@ test('deploys from fly.toml: process groups, strategies under load through the p
     assert.equal(webConfig.metadata?.fly_release_version, '1')
     assert.deepEqual(webConfig.stop_config, { signal: 'SIGTERM', timeout: '5s' })
     assert.deepEqual(machines.find((m) => m.config.metadata?.fly_process_group === 'worker')!.config.init?.cmd, ['sleep', '3600'])
-    proxy = await startTestProxy(p)
-    port = await proxyPort(proxy)
-    const warmup = startLoad(port, 'shop', [V1])
+    // The proxy opens port 80 once it sees the service: wait until it answers, then it must not fail.
+    const deadline = Date.now() + 20_000
+    for (;;) {
+      const probe = await requestOnce(p.proxyAddr, 'shop')
+      if ('status' in probe && probe.status === 200 && probe.body === V1) break
+      if (Date.now() > deadline) throw new Error(`the proxy does not serve shop: ${JSON.stringify(probe)}`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const warmup = startLoad(p.proxyAddr, 'shop', [V1])
     await new Promise((r) => setTimeout(r, 300))
     const stats = await warmup.stop()
     assert.ok(stats.requests > 0 && stats.errors === 0, served(stats))
   })
 
   const underLoad = async (label: string, expected: string[], args: string[]) => {
-    const load = startLoad(port, 'shop', expected)
+    const load = startLoad(p.proxyAddr, 'shop', expected)
     const run = await tryCli(args)
     const stats = await load.stop()
     report.push(`${label}: ${stats.requests} requests through the proxy, ${stats.errors} errors`)
@@ -146,7 +149,7 @@ test('deploys from fly.toml: process groups, strategies under load through the p
     assert.ok((stats.bodies[V2] ?? 0) > 0 && (stats.bodies[V1] ?? 0) > 0, served(stats))
     assert.match(run.stderr, /web: 1 of 2 Machine\(s\) updated and healthy/)
     assert.match(run.stderr, /cordoning .* draining/)
-    const after = startLoad(port, 'shop', [V2])
+    const after = startLoad(p.proxyAddr, 'shop', [V2])
     await new Promise((r) => setTimeout(r, 300))
     assert.equal((await after.stop()).errors, 0, 'only the new release serves')
   })

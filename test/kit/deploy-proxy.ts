@@ -1,54 +1,10 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import http from 'node:http'
-import { Bus, NatsMachineController, NatsRouteSource } from '../../src/bus/index.js'
-import { silentLogger } from '../../src/core/index.js'
-import { startProxy, type RunningProxy } from '../../src/proxy/index.js'
-import type { Platform } from './platform.js'
 
-// Test kit for deploys: the real Hangar proxy (src/proxy) fed by the agents over NATS, as
-// `hangar proxy --nats` runs it, started beside a one-host platform whose kit does not (yet) run
-// one; and a load loop of HTTP requests through it that counts every failure.
+// Test kit for deploys: a load loop of HTTP requests through the host's proxy (the platform kit's
+// `proxyAddr`, port 80 for an http_service) that counts every failed request.
 
-export const TEST_DOMAIN = 'hangar.test'
-
-export interface TestProxy {
-  proxy: RunningProxy
-  close(): Promise<void>
-}
-
-export async function startTestProxy(platform: Platform): Promise<TestProxy> {
-  const caDir = mkdtempSync(join(tmpdir(), 'hangar-deploy-proxy-'))
-  const bus = await Bus.connect(platform.natsUrl, { name: 'deploy-test-proxy' })
-  const routeSource = new NatsRouteSource(bus, silentLogger)
-  const hostId = readFileSync(join(platform.hostDir, 'host-id'), 'utf8').trim()
-  let proxy: RunningProxy | undefined
-  try {
-    proxy = await startProxy({
-      routeSource, controller: new NatsMachineController(bus, (id) => routeSource.hostOf(id)), region: platform.region, hostId, domain: TEST_DOMAIN, caDir,
-      listenHost: '127.0.0.1', portMap: { 80: 0 }, ports: [80], logger: silentLogger, autostopIntervalMs: 3_600_000,
-    })
-  } catch (err) {
-    await bus.close()
-    rmSync(caDir, { recursive: true, force: true })
-    throw err
-  }
-  const running = proxy
-  return {
-    proxy: running,
-    async close() {
-      await running.close()
-      await bus.close()
-      rmSync(caDir, { recursive: true, force: true })
-    },
-  }
-}
-
-/** The local port of service port 80, once the proxy listens on it (ports follow services). */
-export async function proxyPort(testProxy: TestProxy, timeoutMs = 15_000): Promise<number> {
-  return (await testProxy.proxy.listening(80, timeoutMs)).port
-}
+/** `hangar host`'s default: apps answer at <app>.hangar.local. */
+export const PROXY_DOMAIN = 'hangar.local'
 
 export interface LoadStats {
   requests: number
@@ -61,9 +17,9 @@ export interface LoadStats {
 
 export interface LoadLoop { stop(): Promise<LoadStats> }
 
-/** Sends GET / for `app` through the proxy from `concurrency` clients (keep-alive) until stopped.
- * An error is anything but a 200 whose body is one of `expectedBodies`. */
-export function startLoad(port: number, app: string, expectedBodies: readonly string[], concurrency = 3): LoadLoop {
+/** Sends GET / for `app` through the proxy at `address`:80 from `concurrency` clients (keep-alive)
+ * until stopped. An error is anything but a 200 whose body is one of `expectedBodies`. */
+export function startLoad(address: string, app: string, expectedBodies: readonly string[], concurrency = 3, pauseMs = 3): LoadLoop {
   const stats: LoadStats = { requests: 0, errors: 0, bodies: {}, failures: [] }
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency })
   let running = true
@@ -72,7 +28,7 @@ export function startLoad(port: number, app: string, expectedBodies: readonly st
     if (stats.failures.length < 10) stats.failures.push(`${new Date().toISOString()} ${why}`)
   }
   const once = () => new Promise<void>((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent, headers: { host: `${app}.${TEST_DOMAIN}` }, timeout: 10_000 }, (res) => {
+    const req = http.get({ host: address, port: 80, path: '/', agent, headers: { host: `${app}.${PROXY_DOMAIN}` }, timeout: 10_000 }, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (chunk) => { body += chunk })
@@ -87,8 +43,13 @@ export function startLoad(port: number, app: string, expectedBodies: readonly st
     req.on('timeout', () => req.destroy(new Error('timed out')))
     req.on('error', (err) => { stats.requests++; fail(`request: ${err.message}`); resolve() })
   })
+  // Paced (a request per client every few ms): enough to catch any gap in routing, without
+  // taking the shared CPUs from the platform under test.
   const workers = Array.from({ length: concurrency }, async () => {
-    while (running) await once()
+    while (running) {
+      await once()
+      await new Promise((resolve) => setTimeout(resolve, pauseMs))
+    }
   })
   return {
     async stop() {
@@ -98,4 +59,19 @@ export function startLoad(port: number, app: string, expectedBodies: readonly st
       return stats
     },
   }
+}
+
+/** One GET / for `app` through the proxy: the status and body, or the error's message. */
+export function requestOnce(address: string, app: string): Promise<{ status: number; body: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: address, port: 80, path: '/', headers: { host: `${app}.${PROXY_DOMAIN}`, connection: 'close' }, timeout: 5_000 }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk) => { body += chunk })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+      res.on('error', (err) => resolve({ error: err.message }))
+    })
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+    req.on('error', (err) => resolve({ error: err.message }))
+  })
 }
