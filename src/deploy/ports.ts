@@ -1,4 +1,4 @@
-import type { App, CreateMachineRequest, Machine, MachineEvent, UpdateMachineRequest, WaitResponse } from '../core/index.js'
+import type { App, CreateMachineRequest, Machine, MachineEvent, UpdateMachineRequest } from '../core/index.js'
 
 // What the deployer needs from the Machines API (flyctl's flapsutil.FlapsClient, cut to the calls
 // a deploy makes). The CLI's ApiClient satisfies it over HTTP; unit tests use an in-memory fake.
