@@ -1,6 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { request } from 'node:http'
+import { statSync } from 'node:fs'
+import { join } from 'node:path'
 import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushBusyboxImage, pushHttpServerImage, HTTP_SERVER_BODY, type LayerEntry } from './kit/images.js'
 import { startAgentHost, type AgentHost } from './kit/agent-host.js'
@@ -107,6 +109,8 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
     assert.ok(resumedFrom > 2, 'a resumed Machine keeps its memory: the loop went on from where it was')
     assert.equal((await agent.execMachine(app, machine.id, { command: ['cat', '/boot.log'] })).stdout, 'booted\n', 'resume is not a reboot')
 
+    const macBefore = (await agent.execMachine(app, machine.id, { command: ['cat', '/sys/class/net/eth0/address'] })).stdout
+    assert.equal((statSync(join(host!.dataDir, 'machines', machine.id, 'config.json')).mode & 0o777), 0o600, 'the bundle (with the env) is root-only')
     await agent.stopMachine(app, machine.id, {})
     const stopped = agent.getMachine(app, machine.id)
     assert.equal(stopped.state, 'stopped')
@@ -116,6 +120,7 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
     await agent.startMachine(app, machine.id)
     const fresh = await agent.execMachine(app, machine.id, { command: ['sh', '-c', 'cat /boot.log; ls /written-by-guest 2>&1'] })
     assert.match(fresh.stdout, /^booted\n.*No such file/s, 'a stop resets the rootfs')
+    assert.equal((await agent.execMachine(app, machine.id, { command: ['cat', '/sys/class/net/eth0/address'] })).stdout, macBefore, 'same address, same MAC: the host’s neighbour cache stays right')
     await agent.stopMachine(app, machine.id, { signal: 'SIGKILL' })
     await agent.destroyMachine(app, machine.id, {})
     assert.ok(isNotFound(await agent.stopMachine(app, machine.id, {}).catch((e) => e)))

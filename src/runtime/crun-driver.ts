@@ -84,7 +84,8 @@ export class CrunDriver implements RuntimeDriver {
     // An earlier, interrupted launch may have left a container record behind.
     if (existsSync(join(this.crunRoot, id))) await runCommand(this.crun, this.crunArgs('delete', '-f', id), { allowFailure: true })
     const config = buildOciConfig(spec, { initPath: this.initPath, cgroupsPath: this.cgroupsPathFor(id), openFiles: GUEST_OPEN_FILES })
-    writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config))
+    // The guest's env (secrets included) is in there: readable by root only.
+    writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config), { mode: 0o600 })
     const pid = await this.createUnderConmon(spec)
     const started = await runCommand(this.crun, this.crunArgs('start', id), { allowFailure: true, timeoutMs: 30_000 })
     if (started.code !== 0) {
