@@ -13,16 +13,16 @@ import { InvalidArgumentError, type Logger } from '../core/index.js'
 
 x509.cryptoProvider.set(webcrypto as unknown as never)
 
-const KEY_ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256' } as const
-const SIGNING_ALGORITHM = { name: 'ECDSA', hash: 'SHA-256' } as const
+export const KEY_ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256' } as const
+export const SIGNING_ALGORITHM = { name: 'ECDSA', hash: 'SHA-256' } as const
 const HOSTNAME = /^(?=.{1,253}$)(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 
-function pem(label: string, der: ArrayBuffer): string {
+export function pem(label: string, der: ArrayBuffer): string {
   const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n')
   return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`
 }
 
-async function importPrivateKey(keyPem: string): Promise<webcrypto.CryptoKey> {
+export async function importPrivateKey(keyPem: string): Promise<webcrypto.CryptoKey> {
   const der = Buffer.from(keyPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64')
   return await webcrypto.subtle.importKey('pkcs8', der, KEY_ALGORITHM, true, ['sign']) as unknown as webcrypto.CryptoKey
 }

@@ -7,7 +7,8 @@ import { Http1Connection, ignoreError, type UpstreamConn } from './http1-proxy.j
 import type { AppCounters } from './metrics.js'
 import { proxyHeaderV1, proxyHeaderV2 } from './proxy-protocol.js'
 import type { MachineEntry, PortBinding } from './routing-table.js'
-import type { UpstreamPool } from './transport.js'
+import type { UpstreamPool, UpstreamSocket } from './transport.js'
+import { isAtCapacity } from './backhaul-protocol.js'
 
 // What happens to a connection accepted on a public port, by the handlers its service names
 // (reference §3.2): tls terminates TLS (certificate by SNI, ALPN h2/http1.1) and hands the
@@ -17,6 +18,10 @@ import type { UpstreamPool } from './transport.js'
 
 const PG_SSL_REQUEST = 80877103
 const PG_GSSENC_REQUEST = 80877104
+/** Client bytes kept for a re-send while a Machine's worker has not accepted yet. */
+const MAX_EARLY_BYTES = 256 * 1024
+/** Re-routes of one connection after workers refused it at a hard limit. */
+const MAX_CAPACITY_RETRIES = 16
 /** A TLS handshake or a Postgres preamble that does not finish in time is dropped. */
 const HANDSHAKE_TIMEOUT_MS = 10_000
 
@@ -166,55 +171,98 @@ export class ConnectionHandlers {
     socket.on('data', onData)
   }
 
-  /** Raw TCP (optionally after TLS, optionally with a PROXY header) to a Machine. */
+  /** Raw TCP (optionally after TLS, optionally with a PROXY header) to a Machine. Client bytes
+   * that arrive before the Machine accepted are sent at once and also kept (up to
+   * MAX_EARLY_BYTES): a worker on another host that refuses at the hard limit never delivered
+   * them, so they go to the next Machine the dispatcher gives (or the connection waits). */
   forward(client: net.Socket, binding: PortBinding, listen: ListenInfo, initial?: Buffer): void {
     const ctx = this.ctx
     const group = binding.group
     client.pause()
     this.rawConnections.add(client)
     let entry: MachineEntry | undefined
-    let released = false
+    let released = true
+    let current: UpstreamSocket | undefined
+    let refusals = 0
     const release = () => {
       if (released || entry === undefined) return
       released = true
       ctx.dispatcher.release(entry, group)
     }
-    client.once('close', () => { this.rawConnections.delete(client); release() })
+    client.once('close', () => { this.rawConnections.delete(client); release(); current?.destroy() })
+    // What the Machine must get first: the PROXY header (reference §3.2: v1 by default, v2 by
+    // proxy_proto_options), then bytes a handler already read.
+    let early: Buffer[] = []
+    if (binding.port.handlers.includes('proxy_proto')) {
+      const source = { address: client.remoteAddress ?? '', port: client.remotePort ?? 0 }
+      const destination = { address: client.localAddress ?? '', port: client.localPort ?? listen.port }
+      early.push(binding.port.proxyProtoVersion === 2 ? proxyHeaderV2(source, destination) : proxyHeaderV1(source, destination))
+    }
+    if (initial !== undefined && initial.length > 0) early.push(initial)
     const connect = (chosen: MachineEntry) => {
       entry = chosen
+      released = false
       if (client.destroyed) { release(); return }
       const upstream = ctx.transport.connect({ machine: chosen.route, host: chosen.upstreamHost, port: chosen.upstreamPort })
+      current = upstream
       upstream.setNoDelay(true)
       let connected = false
-      upstream.once('connect', () => { connected = true })
-      upstream.on('error', () => {
-        if (!connected) {
-          ctx.metrics.app(group.app).upstreamErrors++
-          ctx.logger.warn('upstream connect failed', { app: group.app, machineId: chosen.machineId })
-          // The next connections go elsewhere (or wait) while this Machine refuses them.
-          ctx.table.markUnhealthy(chosen, group, 1000)
+      let kept: Buffer[] | undefined = early
+      let keptBytes = 0
+      for (const chunk of kept) { keptBytes += chunk.length; upstream.write(chunk) }
+      const onEarlyData = (chunk: Buffer) => {
+        if (kept !== undefined) {
+          kept.push(chunk)
+          keptBytes += chunk.length
+          if (keptBytes > MAX_EARLY_BYTES) kept = undefined // too much to re-send: no retry
         }
-      })
-      upstream.on('close', () => { release(); client.destroy() })
-      client.on('close', () => upstream.destroy())
-      if (binding.port.handlers.includes('proxy_proto')) {
-        // reference §3.2: PROXY v1 by default, v2 by proxy_proto_options.
-        const source = { address: client.remoteAddress ?? '', port: client.remotePort ?? 0 }
-        const destination = { address: client.localAddress ?? '', port: client.localPort ?? listen.port }
-        upstream.write(binding.port.proxyProtoVersion === 2 ? proxyHeaderV2(source, destination) : proxyHeaderV1(source, destination))
+        if (!upstream.write(chunk) || kept === undefined) client.pause()
       }
-      if (initial !== undefined && initial.length > 0) upstream.write(initial)
-      client.pipe(upstream)
-      upstream.pipe(client)
+      client.on('data', onEarlyData)
       client.resume()
+      upstream.once('connect', () => {
+        connected = true
+        kept = undefined
+        client.pause()
+        client.removeListener('data', onEarlyData)
+        client.pipe(upstream)
+        upstream.pipe(client)
+      })
+      let error: unknown
+      upstream.on('error', (err) => {
+        error = err
+        if (connected || isAtCapacity(err)) return
+        ctx.metrics.app(group.app).upstreamErrors++
+        ctx.logger.warn('upstream connect failed', { app: group.app, machineId: chosen.machineId })
+        // The next connections go elsewhere (or wait) while this Machine refuses them.
+        ctx.table.markUnhealthy(chosen, group, 1000)
+      })
+      upstream.on('close', () => {
+        if (current !== upstream) return
+        current = undefined
+        release()
+        if (!connected && isAtCapacity(error) && kept !== undefined && !client.destroyed && ++refusals <= MAX_CAPACITY_RETRIES) {
+          // The Machine's worker refused at its hard limit: nothing reached the Machine.
+          client.pause()
+          client.removeListener('data', onEarlyData)
+          early = kept
+          acquire()
+          return
+        }
+        if (!connected && isAtCapacity(error)) ctx.metrics.refuse(group.app, 'at_capacity')
+        client.destroy()
+      })
     }
-    const result = ctx.dispatcher.acquire(group)
-    if (!(result instanceof Promise)) { connect(result); return }
-    result.then(connect, (err: unknown) => {
-      // reference §4.1: sustained overload closes TCP connections; every refusal is counted.
-      ctx.metrics.refuse(group.app, err instanceof RefusedError ? err.reason : 'no_machines')
-      client.destroy()
-    })
+    const acquire = () => {
+      const result = ctx.dispatcher.acquire(group)
+      if (!(result instanceof Promise)) { connect(result); return }
+      result.then(connect, (err: unknown) => {
+        // reference §4.1: sustained overload closes TCP connections; every refusal is counted.
+        ctx.metrics.refuse(group.app, err instanceof RefusedError ? err.reason : 'no_machines')
+        client.destroy()
+      })
+    }
+    acquire()
   }
 
   close(): void {

@@ -126,6 +126,12 @@ export class Dispatcher {
     if (state !== undefined && state.queue.length > 0) this.drain(group)
   }
 
+  /** Load on a Machine of the group went down outside release() (a load report): waiters may go. */
+  wake(group: ServiceGroup): void {
+    const state = this.states.get(group)
+    if (state !== undefined && state.queue.length > 0) this.drain(group)
+  }
+
   private enqueue(group: ServiceGroup, accept: Accept | undefined, waitMs: number): Promise<MachineEntry> {
     const state = this.state(group)
     if (state.queue.length >= this.options.limits.maxQueueLength) {

@@ -4,6 +4,8 @@ import type { ListenInfo, ProxyContext } from './context.js'
 import { dechunk, keptHeaderLines, reasonPhrase, type RequestHead } from './http1-parser.js'
 import type { Http1Connection } from './http1-proxy.js'
 import type { MachineEntry } from './routing-table.js'
+import type { Transport } from './transport.js'
+import { isAtCapacity } from './backhaul-protocol.js'
 
 // Request/response exchanges with a Machine where the raw HTTP/1.1 byte path does not apply:
 // HTTP/2 clients (any backend) and HTTP/1.1 clients of an `h2_backend` service. HTTP/1.1 to the
@@ -29,10 +31,18 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 export class ExchangeClients {
   private readonly pools = new Map<string, Pool>()
   private readonly sessions = new Map<string, http2.ClientHttp2Session>()
+  private readonly transport: Transport | undefined
   private closed = false
+
+  constructor(transport?: Transport) {
+    this.transport = transport
+  }
 
   async exchange(entry: MachineEntry, h2Backend: boolean, request: ExchangeRequest): Promise<ExchangeResponse> {
     if (this.closed) throw new Error('the proxy is shutting down')
+    // A Machine on another host: its worker proxy does the exchange (backhaul-client.ts).
+    const carried = this.transport?.exchange?.({ machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }, h2Backend, request)
+    if (carried !== undefined) return await carried
     const key = `${entry.upstreamHost}:${entry.upstreamPort}`
     const host = entry.upstreamHost.includes(':') ? `[${entry.upstreamHost}]` : entry.upstreamHost
     const origin = `http://${host}:${entry.upstreamPort}`
@@ -145,6 +155,8 @@ export function forwardViaH2Backend(ctx: ProxyContext, conn: Http1Connection, en
         conn.finishGenericExchange(false)
       },
     ).catch((err: unknown) => {
+      // The worker refused at the Machine's hard limit (nothing was sent to the Machine).
+      if (isAtCapacity(err)) { if (!conn.retryAtCapacity()) conn.refuseAtCapacity(); return }
       ctx.metrics.app(entry.route.app).upstreamErrors++
       ctx.logger.warn('h2 backend exchange failed', { app: entry.route.app, machineId: entry.machineId, error: err })
       const body = `the Machine ${entry.machineId} did not answer over h2c\n`
@@ -162,7 +174,7 @@ export function forwardViaH2Backend(ctx: ProxyContext, conn: Http1Connection, en
 const clientsByContext = new WeakMap<ProxyContext, ExchangeClients>()
 export function exchangeClients(ctx: ProxyContext): ExchangeClients {
   let clients = clientsByContext.get(ctx)
-  if (!clients) { clients = new ExchangeClients(); clientsByContext.set(ctx, clients) }
+  if (!clients) { clients = new ExchangeClients(ctx.transport); clientsByContext.set(ctx, clients) }
   return clients
 }
 

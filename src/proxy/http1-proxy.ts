@@ -9,7 +9,8 @@ import {
 import { BodyFramer, composeHead, CRLFCRLF, dechunk, keptHeaderLines, HttpParseError, parseRequestHead, parseResponseHead, reasonPhrase, responseHasNoBody, type RequestHead, type ResponseHead } from './http1-parser.js'
 import type { MachineEntry, PortBinding, ServiceGroup } from './routing-table.js'
 import { DEFAULT_HEADERS_READ_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS } from './services.js'
-import type { UpstreamPool, Poolable, Transport, UpstreamTarget } from './transport.js'
+import type { UpstreamPool, Poolable, Transport, UpstreamSocket, UpstreamTarget } from './transport.js'
+import { isAtCapacity } from './backhaul-protocol.js'
 import { forwardViaH2Backend } from './http-exchange.js'
 
 // The HTTP/1.1 data path (issue 3 "Handlers: http"): one object per client connection, a
@@ -28,15 +29,17 @@ const MAX_PENDING_BYTES = 256 * 1024
 const enum Phase { Head, Routing, Forwarding, Upgraded, Closed }
 
 export class UpstreamConn implements Poolable {
-  readonly socket: net.Socket
+  readonly socket: UpstreamSocket
   readonly key: string
+  /** May go back to the pool after an exchange (not a backhaul stream: one request each). */
+  readonly reusable: boolean
   owner: Http1Connection | undefined
   idleSince = 0
   /** It served a response before: a failure before any byte may be a stale keep-alive. */
   reused = false
   connected = false
   error = ''
-  constructor(transport: Transport, target: UpstreamTarget, key: string) {
+  constructor(transport: Transport, target: UpstreamTarget, key: string, reusable = true) {
     // Responses are read into one shared buffer (no allocation per read); whatever outlives the
     // read is copied, and a write that queues takes the buffer with it (see writeShared).
     const socket = transport.connect(target, {
@@ -51,6 +54,7 @@ export class UpstreamConn implements Poolable {
     })
     this.socket = socket
     this.key = key
+    this.reusable = reusable
     socket.on('drain', () => this.owner?.onUpstreamDrain())
     socket.once('connect', () => { this.connected = true })
     socket.on('error', (err: NodeJS.ErrnoException) => { this.error = err.code ?? err.message /* 'close' follows */ })
@@ -237,6 +241,7 @@ export class Http1Connection {
     this.replayFrom = undefined
     this.extraRequestHeaders = ''
     this.failedMachines = NO_IDS
+    this.capacityRetries = 0
     if (head.chunked) this.reqFramer.reset('chunked')
     else if (head.contentLength > 0) this.reqFramer.reset('length', head.contentLength)
     else this.reqFramer.reset('none')
@@ -298,6 +303,8 @@ export class Http1Connection {
   }
 
   private replayFallbackTried = false
+  /** Times a worker refused this request at a Machine's hard limit. */
+  private capacityRetries = 0
   /** The filter the current request was routed with, and the Machines that failed it. */
   private routeAccept: Accept | undefined
   private failedMachines: string[] = NO_IDS
@@ -328,9 +335,11 @@ export class Http1Connection {
       return
     }
     const key = `${entry.upstreamHost}:${entry.upstreamPort}`
-    let upstream = head.upgrade === '' ? this.pool.take(key) : undefined
+    const target: UpstreamTarget = { machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }
+    const reusable = this.ctx.transport.reusable?.(target) ?? true
+    let upstream = head.upgrade === '' && reusable ? this.pool.take(key) : undefined
     if (upstream === undefined) {
-      upstream = new UpstreamConn(this.ctx.transport, { machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }, key)
+      upstream = new UpstreamConn(this.ctx.transport, target, key, reusable)
     } else {
       upstream.reused = true
     }
@@ -549,7 +558,7 @@ export class Http1Connection {
     if (upstream !== undefined) {
       upstream.owner = undefined
       upstream.socket.resume()
-      const reusable = !upstreamDirty && this.reqFramer.done && this.responseHead !== undefined && !this.responseHead.close && this.resFramer.mode !== 'close' && !upstream.socket.destroyed
+      const reusable = upstream.reusable && !upstreamDirty && this.reqFramer.done && this.responseHead !== undefined && !this.responseHead.close && this.resFramer.mode !== 'close' && !upstream.socket.destroyed
       if (reusable) { upstream.reused = true; this.pool.put(upstream.key, upstream, this.lastActivity) }
       else upstream.destroy()
     }
@@ -600,6 +609,13 @@ export class Http1Connection {
         this.replayBody = undefined
         return
       }
+      if (isAtCapacity(upstream.error)) {
+        // The Machine's worker (another host) refused at the hard limit before the Machine saw
+        // anything: pick again or queue, as if the pick had seen the load (spec/seeds/004_…).
+        if (this.retryAtCapacity()) return
+        this.refuseAtCapacity()
+        return
+      }
       if (this.retryElsewhere(upstream)) return
       const machine = this.entry?.machineId ?? ''
       this.upstreamFailed(!upstream.connected
@@ -648,6 +664,29 @@ export class Http1Connection {
     this.route(group, group.routable.some(untried) ? untried : base)
     this.routeAccept = base
     return true
+  }
+
+  /** After a worker refused the Machine at its hard limit: route the request again (the edge now
+   * sees the Machine full, so another one or the queue). Only while the whole request is in hand. */
+  retryAtCapacity(): boolean {
+    const head = this.head
+    if (this.entry === undefined || head === undefined || this.group === undefined) return false
+    if (this.responseBytes !== 0 || !this.reqFramer.done || this.replayOverflow) return false
+    if (++this.capacityRetries > MAX_CAPACITY_RETRIES) return false
+    this.releaseEntry()
+    this.replayBody = this.replayChunks
+    const accept = this.routeAccept
+    this.route(this.group, accept)
+    return true
+  }
+
+  /** A refusal at the hard limit that cannot be retried: 503, as when the queue gives up. */
+  refuseAtCapacity(): void {
+    const app = this.group?.app ?? '-'
+    const machine = this.entry?.machineId ?? ''
+    this.releaseEntry()
+    this.ctx.metrics.refuse(app, 'at_capacity')
+    this.respondError(503, `the Machine ${machine} is at its hard limit and the request could not be sent elsewhere`, true)
   }
 
   private finishUpgraded(): void {
@@ -722,7 +761,7 @@ export class Http1Connection {
     this.entry = undefined
     if (upstream !== undefined) {
       upstream.owner = undefined
-      if (this.resFramer.mode !== 'close' && !this.responseHead!.close) this.pool.put(upstream.key, upstream, Date.now())
+      if (upstream.reusable && this.resFramer.mode !== 'close' && !this.responseHead!.close) this.pool.put(upstream.key, upstream, Date.now())
       else upstream.destroy()
     }
     this.ctx.dispatcher.release(from, this.group!)
@@ -850,6 +889,9 @@ function writeShared(socket: net.Socket, data: Buffer): boolean {
 }
 
 const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+/** How many times one request may be re-routed after workers refused it at a hard limit (each
+ * refusal marks the Machine full until its worker reports otherwise, so this rarely runs out). */
+const MAX_CAPACITY_RETRIES = 16
 /** How many Machines one request may fail on before the client gets the 502. */
 const MAX_ROUTING_RETRIES = 3
 /** How long a Machine that refused a connection stays out of rotation. */

@@ -2,6 +2,7 @@ import http2 from 'node:http2'
 import type net from 'node:net'
 import { bindingForHost, type Http2Handoff, type ListenInfo, type ProxyContext } from './context.js'
 import { RefusedError } from './dispatcher.js'
+import { isAtCapacity } from './backhaul-protocol.js'
 import { formatReplayFailed, formatReplaySrc, MAX_REPLAY_BODY_BYTES, MAX_REPLAYS, parseReplayHeader, parseReplayJson, REPLAY_CONTENT_TYPE, type ReplayInstruction } from './fly-replay.js'
 import { clientAccept, pickHttpGroup, replayAccept } from './http1-proxy.js'
 import { exchangeClients, flyRequestHeaders, type ExchangeResponse } from './http-exchange.js'
@@ -18,6 +19,8 @@ const DROP_REQUEST_HEADERS = new Set([
   'fly-replay-src', 'fly-prefer-region', 'fly-force-region', 'fly-prefer-instance-id', 'fly-force-instance-id', 'fly-preferred-instance-unavailable',
 ])
 const DROP_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te'])
+/** Re-routes of one request after workers refused it at a hard limit. */
+const MAX_CAPACITY_RETRIES = 16
 /** HTTP/2 request bodies are buffered (they may be replayed); larger ones are refused. */
 const MAX_H2_BODY_BYTES = 64 * 1024 * 1024
 
@@ -106,6 +109,7 @@ export class Http2Frontend implements Http2Handoff {
     }, (line) => { const [name, value] = line.trim().split(': '); forwarded[name!.toLowerCase()] = value! })
     // Set while re-delivering a fly-replay: where to fall back to, and how long to wait.
     let replayFallback: { from: MachineEntry; group: ServiceGroup; instruction: ReplayInstruction; startedAt: number } | undefined
+    let capacityRetries = 0
     for (let replays = 0; ; replays++) {
       let entry: MachineEntry
       try {
@@ -134,6 +138,13 @@ export class Http2Frontend implements Http2Handoff {
         response = await exchangeClients(ctx).exchange(entry, binding.port.http.h2Backend, { method, path, headers: forwarded, body })
       } catch (err) {
         ctx.dispatcher.release(entry, group)
+        if (isAtCapacity(err) && ++capacityRetries <= MAX_CAPACITY_RETRIES) {
+          // The Machine's worker refused at its hard limit before the Machine saw anything: the
+          // edge now sees it full, so the next pick goes elsewhere or queues.
+          replays--
+          continue
+        }
+        if (isAtCapacity(err)) { ctx.metrics.refuse(group.app, 'at_capacity'); this.respondText(stream, 503, `the Machine ${entry.machineId} is at its hard limit`); return }
         ctx.metrics.app(group.app).upstreamErrors++
         ctx.logger.warn('upstream error', { app: group.app, machineId: entry.machineId, error: err })
         this.respondText(stream, 502, `the Machine ${entry.machineId} did not answer`)

@@ -21,13 +21,44 @@ export interface MachineLoad {
   load: number
 }
 
-export type RefusalReason = 'queue_timeout' | 'queue_full' | 'no_machines' | 'no_app' | 'header_too_large' | 'headers_timeout' | 'bad_request' | 'replay_too_large' | 'replay_failed' | 'tls_handshake' | 'closing'
+/** A peer proxy as this proxy's backhaul sees it. */
+export interface PeerStatus {
+  hostId: string
+  region: string
+  addr: string
+  /** The mutual-TLS session is established. */
+  up: boolean
+  /** Measured RTT (ms) the balancer uses; undefined until measured. */
+  rttMs: number | undefined
+}
+
+export interface BackhaulCounters {
+  /** Streams this proxy opened to workers (tunnels and exchanges). */
+  streamsOut: number
+  /** Streams other proxies opened to this one, by outcome. */
+  streamsIn: number
+  /** Streams this proxy refused as a worker, by reason (at_capacity, unknown_machine, ...). */
+  refusals: Map<string, number>
+  /** Backhaul connections refused for want of a valid cluster certificate. */
+  authFailures: number
+  reportsSent: number
+  reportsReceived: number
+}
+
+export type RefusalReason = 'at_capacity' | 'queue_timeout' | 'queue_full' | 'no_machines' | 'no_app' | 'header_too_large' | 'headers_timeout' | 'bad_request' | 'replay_too_large' | 'replay_failed' | 'tls_handshake' | 'closing'
 
 export class ProxyMetrics {
   private readonly apps = new Map<string, AppCounters>()
   /** Set by the proxy: the per-Machine loads, read when scraped. */
   machineLoads: () => Iterable<MachineLoad> = () => []
   private readonly queueDepths = new Map<string, () => number>()
+  readonly backhaul: BackhaulCounters = { streamsOut: 0, streamsIn: 0, refusals: new Map(), authFailures: 0, reportsSent: 0, reportsReceived: 0 }
+  /** Set by the proxy when it has a backhaul: the peer proxies, read when scraped. */
+  peers: () => Iterable<PeerStatus> = () => []
+
+  backhaulRefusal(reason: string): void {
+    this.backhaul.refusals.set(reason, (this.backhaul.refusals.get(reason) ?? 0) + 1)
+  }
 
   app(app: string): AppCounters {
     let counters = this.apps.get(app)
@@ -82,6 +113,21 @@ export class ProxyMetrics {
     family('hangar_proxy_machine_load', 'gauge', 'Connections or in-flight requests per Machine (the service concurrency type).')
     for (const m of this.machineLoads()) {
       lines.push(`hangar_proxy_machine_load{app="${label(m.app)}",machine="${label(m.machineId)}",region="${label(m.region)}",service="${label(m.service)}"} ${m.load}`)
+    }
+    const peers = [...this.peers()]
+    if (peers.length > 0 || this.backhaul.streamsIn > 0 || this.backhaul.authFailures > 0) {
+      family('hangar_proxy_peer_up', 'gauge', 'Whether the backhaul session to a peer proxy is established.')
+      for (const p of peers) lines.push(`hangar_proxy_peer_up{host="${label(p.hostId)}",region="${label(p.region)}"} ${p.up ? 1 : 0}`)
+      family('hangar_proxy_peer_rtt_ms', 'gauge', 'Measured round-trip time to a peer proxy (minimum of recent pings), ms.')
+      for (const p of peers) if (p.rttMs !== undefined) lines.push(`hangar_proxy_peer_rtt_ms{host="${label(p.hostId)}",region="${label(p.region)}"} ${p.rttMs}`)
+      family('hangar_proxy_backhaul_streams_total', 'counter', 'Backhaul streams, by direction (out: to workers, in: from edges).')
+      lines.push(`hangar_proxy_backhaul_streams_total{direction="out"} ${this.backhaul.streamsOut}`, `hangar_proxy_backhaul_streams_total{direction="in"} ${this.backhaul.streamsIn}`)
+      family('hangar_proxy_backhaul_refusals_total', 'counter', 'Backhaul streams this proxy refused as a worker, by reason.')
+      for (const [reason, n] of this.backhaul.refusals) lines.push(`hangar_proxy_backhaul_refusals_total{reason="${label(reason)}"} ${n}`)
+      family('hangar_proxy_backhaul_auth_failures_total', 'counter', 'Backhaul connections refused for want of a valid cluster certificate.')
+      lines.push(`hangar_proxy_backhaul_auth_failures_total ${this.backhaul.authFailures}`)
+      family('hangar_proxy_load_reports_total', 'counter', 'Load reports sent to edges and received from workers.')
+      lines.push(`hangar_proxy_load_reports_total{direction="sent"} ${this.backhaul.reportsSent}`, `hangar_proxy_load_reports_total{direction="received"} ${this.backhaul.reportsReceived}`)
     }
     return lines.join('\n') + '\n'
   }

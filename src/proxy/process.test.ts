@@ -15,6 +15,7 @@ test('parseProxyArgs: every flag, both spellings, and typed errors', () => {
     region: 'ams', hostId: 'h1', domain: 'apps.example', caDir: '/tmp/ca', listenHost: '127.0.0.1', portMap: { 443: 8443, 80: 8080 },
     ports: [80, 443], autostopIntervalMs: 2000, queueMax: 10, queueWaitMs: 500, startTimeoutMs: 60_000,
     metrics: { host: '127.0.0.1', port: 9091 }, maxHeaderBytes: 4096, routesFile: 'r.json',
+    backhaulListen: undefined, clusterCaDir: undefined, backhaulCert: undefined, backhaulKey: undefined, peersFile: undefined,
   })
   for (const [argv, message] of [
     [['--host-id', 'h'], /--region is required/],

@@ -3,7 +3,9 @@ import {
   createLogger, InvalidArgumentError, parseDurationMs,
   type AppRoute, type Logger, type MachineController, type MachineRoute, type RouteChange, type RouteSource,
 } from '../core/index.js'
-import { startProxy, type ProxyOptions, type RunningProxy } from './proxy.js'
+import { startProxy, type BackhaulOptions, type ProxyOptions, type RunningProxy } from './proxy.js'
+import { loadBackhaulIdentity } from './backhaul-identity.js'
+import { FilePeerSource, splitHostPort, StaticPeerSource, type PeerSource } from './peers.js'
 
 // The process entry behind `hangar proxy` (DESIGN "Processes": the proxy is its own process,
 // supervised by `hangar host`). The CLI parses nothing itself: it hands argv to parseProxyArgs
@@ -25,6 +27,13 @@ export interface ProxyProcessFlags {
   metrics: { host: string; port: number } | undefined
   maxHeaderBytes: number | undefined
   routesFile: string | undefined
+  /** Where other proxies reach this one over the backhaul (worker side). */
+  backhaulListen: { host: string; port: number } | undefined
+  /** The cluster CA directory: enables the backhaul. */
+  clusterCaDir: string | undefined
+  backhaulCert: string | undefined
+  backhaulKey: string | undefined
+  peersFile: string | undefined
 }
 
 export interface ProxyProcessOptions {
@@ -32,6 +41,8 @@ export interface ProxyProcessOptions {
   /** Required unless flags.routesFile is set. */
   routeSource?: RouteSource
   controller?: MachineController
+  /** The other hosts' proxies (the catalog's hosts table); else --peers-file. */
+  peerSource?: PeerSource
   logger?: Logger
   /** Stops the proxy when aborted (the supervisor's root signal); SIGTERM/SIGINT also do. */
   signal?: AbortSignal
@@ -54,6 +65,12 @@ export const PROXY_USAGE = `Usage: hangar proxy [options]
   --metrics <host:port>        serve Prometheus metrics at /metrics
   --max-header-bytes <n>       largest request head (default: 32768)
   --routes-file <path>         read Machines and apps from a JSON file (watched)
+  --cluster-ca <dir>           cluster CA (ca.crt, and ca.key to issue this host's certificate):
+                               joins the backhaul between proxies (mutual TLS)
+  --backhaul-listen <addr:port> where other hosts' proxies reach this one ([v6]:port for IPv6)
+  --backhaul-cert <file>       this host's backhaul certificate (CN = host id), with --backhaul-key
+  --backhaul-key <file>        its private key
+  --peers-file <path>          other proxies as JSON [{"hostId","region","addr"}] (watched)
 `
 
 function positiveInt(value: string, flag: string): number {
@@ -80,7 +97,8 @@ export function parseProxyArgs(argv: string[]): ProxyProcessFlags {
     if (value === undefined) throw new InvalidArgumentError(`--${key} needs a value`)
     values.set(key, value)
   }
-  const known = new Set(['region', 'host-id', 'domain', 'ca-dir', 'listen', 'port-map', 'ports', 'autostop-interval', 'queue-max', 'queue-wait', 'start-timeout', 'metrics', 'max-header-bytes', 'routes-file'])
+  const known = new Set(['region', 'host-id', 'domain', 'ca-dir', 'listen', 'port-map', 'ports', 'autostop-interval', 'queue-max', 'queue-wait', 'start-timeout', 'metrics', 'max-header-bytes', 'routes-file',
+    'cluster-ca', 'backhaul-listen', 'backhaul-cert', 'backhaul-key', 'peers-file'])
   for (const key of values.keys()) if (!known.has(key)) throw new InvalidArgumentError(`unknown option --${key} (see hangar proxy --help)`)
   const region = values.get('region')
   const hostId = values.get('host-id')
@@ -115,7 +133,26 @@ export function parseProxyArgs(argv: string[]): ProxyProcessFlags {
     metrics,
     maxHeaderBytes: values.has('max-header-bytes') ? positiveInt(values.get('max-header-bytes')!, '--max-header-bytes') : undefined,
     routesFile: values.get('routes-file'),
+    ...backhaulFlags(values),
   }
+}
+
+function backhaulFlags(values: Map<string, string>): Pick<ProxyProcessFlags, 'backhaulListen' | 'clusterCaDir' | 'backhaulCert' | 'backhaulKey' | 'peersFile'> {
+  const listen = values.get('backhaul-listen')
+  const flags = {
+    backhaulListen: listen === undefined ? undefined : splitHostPort(listen, '--backhaul-listen'),
+    clusterCaDir: values.get('cluster-ca'),
+    backhaulCert: values.get('backhaul-cert'),
+    backhaulKey: values.get('backhaul-key'),
+    peersFile: values.get('peers-file'),
+  }
+  if (flags.clusterCaDir === undefined) {
+    for (const key of ['backhaul-listen', 'backhaul-cert', 'backhaul-key', 'peers-file']) {
+      if (values.has(key)) throw new InvalidArgumentError(`--${key} needs --cluster-ca (the backhaul is mutual TLS under the cluster CA)`)
+    }
+  }
+  if ((flags.backhaulCert === undefined) !== (flags.backhaulKey === undefined)) throw new InvalidArgumentError('--backhaul-cert and --backhaul-key go together')
+  return flags
 }
 
 /** A RouteSource read from a JSON file `{machines: MachineRoute[], apps?: AppRoute[]}`, re-read
@@ -152,7 +189,7 @@ export class FileRouteSource implements RouteSource {
   }
 }
 
-export function proxyOptionsFromFlags(flags: ProxyProcessFlags, routeSource: RouteSource, controller: MachineController | undefined, logger: Logger): ProxyOptions {
+export function proxyOptionsFromFlags(flags: ProxyProcessFlags, routeSource: RouteSource, controller: MachineController | undefined, logger: Logger, backhaul?: BackhaulOptions): ProxyOptions {
   return {
     routeSource,
     ...(controller ? { controller } : {}),
@@ -171,8 +208,21 @@ export function proxyOptionsFromFlags(flags: ProxyProcessFlags, routeSource: Rou
     },
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
     ...(flags.maxHeaderBytes !== undefined ? { maxHeaderBytes: flags.maxHeaderBytes } : {}),
+    ...(backhaul !== undefined ? { backhaul } : {}),
     logger,
   }
+}
+
+/** The backhaul the flags ask for (--cluster-ca), with its peers from `peerSource` or --peers-file. */
+export async function backhaulFromFlags(flags: ProxyProcessFlags, peerSource: PeerSource | undefined, logger: Logger): Promise<BackhaulOptions | undefined> {
+  if (flags.clusterCaDir === undefined) return undefined
+  const identity = await loadBackhaulIdentity({
+    caDir: flags.clusterCaDir, hostId: flags.hostId, logger,
+    ...(flags.backhaulCert !== undefined ? { certFile: flags.backhaulCert } : {}),
+    ...(flags.backhaulKey !== undefined ? { keyFile: flags.backhaulKey } : {}),
+  })
+  const peers = peerSource ?? (flags.peersFile !== undefined ? new FilePeerSource(flags.peersFile, logger) : new StaticPeerSource([]))
+  return { identity, peers, ...(flags.backhaulListen !== undefined ? { listen: flags.backhaulListen } : {}) }
 }
 
 /** Runs the proxy until SIGTERM/SIGINT or `signal` aborts; resolves after it closed. */
@@ -180,8 +230,9 @@ export async function runProxyProcess(options: ProxyProcessOptions): Promise<voi
   const logger = options.logger ?? createLogger('proxy', { base: { hostId: options.flags.hostId, region: options.flags.region } })
   const routeSource = options.routeSource ?? (options.flags.routesFile ? new FileRouteSource(options.flags.routesFile, logger) : undefined)
   if (routeSource === undefined) throw new InvalidArgumentError('hangar proxy needs a route source: run it under `hangar host`, or pass --routes-file')
-  const proxy: RunningProxy = await startProxy(proxyOptionsFromFlags(options.flags, routeSource, options.controller, logger))
-  logger.info('proxy started', { ports: proxy.addresses, metrics: proxy.metricsAddress })
+  const backhaul = await backhaulFromFlags(options.flags, options.peerSource, logger)
+  const proxy: RunningProxy = await startProxy(proxyOptionsFromFlags(options.flags, routeSource, options.controller, logger, backhaul))
+  logger.info('proxy started', { ports: proxy.addresses, metrics: proxy.metricsAddress, backhaul: proxy.backhaulAddress })
   await new Promise<void>((resolve) => {
     const stop = () => resolve()
     process.once('SIGTERM', stop)

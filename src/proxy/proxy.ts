@@ -12,10 +12,33 @@ import type { UpstreamConn } from './http1-proxy.js'
 import { ProxyMetrics } from './metrics.js'
 import { RoutingTable } from './routing-table.js'
 import { LocalTransport, UpstreamPool, type Transport } from './transport.js'
+import { BackhaulClient } from './backhaul-client.js'
+import type { BackhaulIdentity } from './backhaul-identity.js'
+import { BackhaulServer } from './backhaul-server.js'
+import { ClusterTransport } from './cluster-transport.js'
+import { RemoteLoads } from './load-reports.js'
+import type { PeerStatus } from './metrics.js'
+import type { PeerSource } from './peers.js'
+import type { MachineEntry } from './routing-table.js'
+import { UNMEASURED_RTT_MS } from './rtt.js'
 
 // `hangar proxy` (DESIGN "Proxy", issue 3): follows a RouteSource, listens on every public port
 // the services name, balances per the seed, queues at hard limits, autostarts and autostops
 // through a MachineController, and serves Prometheus metrics.
+
+/** The proxy as part of a cluster (issue 4 "Backhaul and closeness"). */
+export interface BackhaulOptions {
+  /** The cluster CA and this host's certificate (backhaul-identity.ts). */
+  identity: BackhaulIdentity
+  /** The other hosts' proxies (the catalog's hosts table, or a file). */
+  peers: PeerSource
+  /** Where other proxies reach this one (the worker side); omit for an edge-only proxy. */
+  listen?: { host: string; port: number }
+  /** Load reports to edges, ms (default 100). */
+  reportIntervalMs?: number
+  /** RTT pings per peer once measured, ms (default 1000). */
+  pingIntervalMs?: number
+}
 
 export interface ProxyOptions {
   /** Machines and apps to route to (the agent on one host; the catalog in a cluster). */
@@ -45,8 +68,11 @@ export interface ProxyOptions {
   logger?: Logger
   /** How to reach a Machine (default: connect straight to its address). */
   transport?: Transport
-  /** RTT to a host, ms (default: 0 for this host, 100 for others, until measured). */
+  /** RTT to a host, ms (default: 0 for this host; with a backhaul the measured RTT, until then
+   * UNMEASURED_RTT_MS; without one 100). */
   rttMs?: (hostId: string) => number
+  /** Join the cluster: Machines of other hosts go over the backhaul to their worker proxy. */
+  backhaul?: BackhaulOptions
   /** Tie-breaking randomness, [0, 1). */
   random?: () => number
 }
@@ -73,6 +99,10 @@ export interface RunningProxy {
   autostopPass(): Promise<void>
   /** Re-reads `rttMs` for every Machine (the cluster's RTT measurements call this). */
   refreshRtt(): void
+  /** Where the backhaul listener is bound (undefined without one, or while it cannot bind). */
+  readonly backhaulAddress: { host: string; port: number } | undefined
+  /** The peer proxies the backhaul knows, with their measured RTT. */
+  peers(): PeerStatus[]
   /** Stops accepting, ends connections, stops the loops; idempotent. */
   close(): Promise<void>
 }
@@ -87,9 +117,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   const listenHost = options.listenHost ?? '0.0.0.0'
   const metrics = new ProxyMetrics()
   const certificates = await CertificateStore.open(options.caDir, logger)
+  let backhaulClient: BackhaulClient<MachineEntry> | undefined
+  const measuredRtt = (hostId: string) => (hostId === options.hostId || hostId === '' ? 0 : backhaulClient?.rttMs(hostId) ?? UNMEASURED_RTT_MS)
   const table = new RoutingTable({
     domain: options.domain,
-    rttMs: options.rttMs ?? ((hostId) => (hostId === options.hostId ? 0 : 100)),
+    rttMs: options.rttMs ?? (options.backhaul ? measuredRtt : (hostId) => (hostId === options.hostId ? 0 : 100)),
     logger,
     onChange: () => syncListeners(),
   })
@@ -101,9 +133,24 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   const limits: QueueLimits = { ...DEFAULT_QUEUE_LIMITS, ...options.queue }
   const dispatcher = new Dispatcher({ table, controller: options.controller, metrics, limits, logger, ...(options.random ? { random: options.random } : {}) })
   const pool = new UpstreamPool<UpstreamConn>({ idleTimeoutMs: 4000 })
+  const localTransport = new LocalTransport()
+  if (options.backhaul !== undefined) {
+    if (options.backhaul.identity.hostId !== options.hostId) throw new InvalidArgumentError(`proxy: the backhaul certificate names host ${options.backhaul.identity.hostId}, not ${options.hostId}`)
+    const loads = new RemoteLoads<MachineEntry>({
+      entry: (key) => table.entry(key),
+      wake: (entry) => { const group = table.groupOf(entry); if (group !== undefined) dispatcher.wake(group) },
+    })
+    backhaulClient = new BackhaulClient<MachineEntry>({
+      identity: options.backhaul.identity, logger, metrics, loads,
+      onRttChange: () => table.refreshRtt(),
+      ...(options.backhaul.pingIntervalMs !== undefined ? { pingIntervalMs: options.backhaul.pingIntervalMs } : {}),
+    })
+    const client = backhaulClient
+    metrics.peers = () => client.peers()
+  }
   const ctx: ProxyContext = {
     table, dispatcher, metrics, logger,
-    transport: options.transport ?? new LocalTransport(),
+    transport: options.transport ?? (backhaulClient !== undefined ? new ClusterTransport(options.hostId, backhaulClient, localTransport) : localTransport),
     region: options.region,
     hostId: options.hostId,
     domain: options.domain,
@@ -147,6 +194,36 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       })
     }
   }
+
+  // The worker side: other proxies' streams for this host's Machines.
+  let backhaulServer: BackhaulServer | undefined
+  let backhaulRetry: NodeJS.Timeout | undefined
+  const backhaulListen = options.backhaul?.listen
+  if (options.backhaul !== undefined && backhaulListen !== undefined) {
+    const server = new BackhaulServer({
+      identity: options.backhaul.identity, table, dispatcher, metrics, logger, local: localTransport,
+      exchange: (entry, h2Backend, request) => exchangeClients(ctx).exchange(entry, h2Backend, request),
+      ...(options.backhaul.reportIntervalMs !== undefined ? { reportIntervalMs: options.backhaul.reportIntervalMs } : {}),
+    })
+    backhaulServer = server
+    // The host's address may not be up yet (a mesh interface coming up): keep trying, without
+    // holding up the public ports.
+    let delayMs = 500
+    const bind = async (first: boolean): Promise<void> => {
+      try {
+        const address = await server.listen(backhaulListen.host, backhaulListen.port)
+        logger.info('backhaul listening', address)
+      } catch (err) {
+        if (first) logger.warn('cannot bind the backhaul listener yet; retrying', { ...backhaulListen, error: err })
+        if (closed) return
+        backhaulRetry = setTimeout(() => void bind(false), delayMs)
+        backhaulRetry.unref()
+        delayMs = Math.min(10_000, delayMs * 2)
+      }
+    }
+    await bind(true)
+  }
+  const unsubscribePeers = options.backhaul?.peers.subscribe((peers) => backhaulClient?.setPeers(peers))
 
   const unsubscribe = options.routeSource.subscribe((change) => {
     try {
@@ -212,11 +289,16 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     listening,
     autostopPass: () => autostop?.pass() ?? Promise.resolve(),
     refreshRtt: () => table.refreshRtt(),
+    get backhaulAddress() { return backhaulServer?.listeningAddress },
+    peers: () => backhaulClient?.peers() ?? [],
     close() {
       closing ??= (async () => {
         closed = true
         ctx.closing = true
         unsubscribe()
+        unsubscribePeers?.()
+        clearTimeout(backhaulRetry)
+        backhaulClient?.close()
         clearInterval(sweeper)
         dispatcher.close()
         await autostop?.close()
@@ -232,6 +314,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
           metricsServer.closeAllConnections()
           closes.push(new Promise<void>((resolve) => metricsServer!.close(() => resolve())))
         }
+        if (backhaulServer !== undefined) closes.push(backhaulServer.close())
         await Promise.all(closes)
       })()
       return closing

@@ -1,5 +1,6 @@
 import type { AppRoute, Logger, MachineRoute, RouteChange } from '../core/index.js'
 import type { BalancerCandidate } from './balancer.js'
+import type { LoadedMachine } from './load-reports.js'
 import { normaliseServices, serviceKey, type PortSpec, type ServiceSpec } from './services.js'
 
 // The proxy's routing table, rebuilt from RouteSource changes (DESIGN "Proxy"): apps → service
@@ -10,10 +11,15 @@ import { normaliseServices, serviceKey, type PortSpec, type ServiceSpec } from '
 /** States whose Machines autostart may start (reference §4.3). */
 const STARTABLE_STATES = new Set(['stopped', 'suspended'])
 
-export class MachineEntry implements BalancerCandidate {
+export class MachineEntry implements BalancerCandidate, LoadedMachine {
   readonly machineId: string
   readonly key: string
+  /** What the balancer counts: this proxy's own in-flight plus othersLoad (load-reports.ts). */
   load = 0
+  /** A remote Machine's load from other proxies, as its worker last reported. */
+  othersLoad = 0
+  /** This host's Machine: backhaul streams in flight per edge host. */
+  originLoad: Map<string, number> | undefined = undefined
   softLimit: number
   hardLimit: number
   rttMs: number
@@ -184,6 +190,16 @@ export class RoutingTable {
     return this.entries.values()
   }
 
+  /** The entry of one Machine service, by `<machineId>/<protocol>/<internal port>`. */
+  entry(key: string): MachineEntry | undefined {
+    return this.entries.get(key)
+  }
+
+  /** The service group of an entry's app and service (undefined once the app has no such service). */
+  groupOf(entry: MachineEntry): ServiceGroup | undefined {
+    return this.apps.get(entry.route.app)?.groups.get(`${entry.route.app}/${entry.key.slice(entry.machineId.length + 1)}`)
+  }
+
   findMachine(machineId: string): MachineEntry[] {
     const found: MachineEntry[] = []
     for (const entry of this.entries.values()) if (entry.machineId === machineId) found.push(entry)
@@ -242,6 +258,8 @@ export class RoutingTable {
         } else {
           if (entry.startedLocallyAt > 0 && machine.updatedAt >= entry.startedLocallyAt) entry.startedLocallyAt = 0
           if (entry.stoppingSince > 0 && machine.updatedAt >= entry.stoppingSince) entry.stoppingSince = 0
+          // Reports from the Machine's former host no longer describe it.
+          if (machine.hostId !== entry.route.hostId && entry.othersLoad !== 0) { entry.load -= entry.othersLoad; entry.othersLoad = 0 }
           entry.route = machine
           entry.softLimit = spec.concurrency.softLimit
           entry.hardLimit = spec.concurrency.hardLimit

@@ -1,10 +1,12 @@
 import net from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { MachineRoute } from '../core/index.js'
+import type { ExchangeRequest, ExchangeResponse } from './http-exchange.js'
 
 // How the proxy reaches a Machine. On one host it connects straight to the Machine's address
-// (LocalTransport). The cluster issue adds a backhaul transport that connects to the worker
-// proxy on the Machine's host and names the Machine and port in a preamble; the data path only
-// sees the Transport interface, so nothing else changes.
+// (LocalTransport). In a cluster, ClusterTransport sends Machines of other hosts over the
+// backhaul to the worker proxy of their host (backhaul-client.ts), which enforces their limits
+// and connects locally; the data path only sees this interface.
 
 export interface UpstreamTarget {
   machine: MachineRoute
@@ -17,9 +19,21 @@ export interface ConnectOptions {
   onread?: net.OnReadOpts
 }
 
+/** What the data path needs of a connection to a Machine: a net.Socket locally, a backhaul
+ * stream otherwise. It emits 'connect' once the Machine accepted, or 'error' then 'close'. */
+export interface UpstreamSocket extends Duplex {
+  setNoDelay(noDelay?: boolean): unknown
+}
+
 export interface Transport {
   /** A connecting socket to the target; 'connect' or 'error' follows. */
-  connect(target: UpstreamTarget, options?: ConnectOptions): net.Socket
+  connect(target: UpstreamTarget, options?: ConnectOptions): UpstreamSocket
+  /** Whether a connection to `target` may carry several exchanges (keep-alive pooling). The
+   * backhaul says no: its worker counts one stream as one request or connection. Default yes. */
+  reusable?(target: UpstreamTarget): boolean
+  /** A request/response exchange (HTTP/2 clients, h2_backend) this transport carries itself, or
+   * undefined when the proxy's own clients should reach the Machine directly. */
+  exchange?(target: UpstreamTarget, h2Backend: boolean, request: ExchangeRequest): Promise<ExchangeResponse> | undefined
 }
 
 /** A Machine that does not accept within this long is an upstream error (502 / close), not a
