@@ -105,7 +105,9 @@ export interface ClusterHost {
   start(): Promise<void>
 }
 
-export interface OverlayRtt { minMs: number; avgMs: number; maxMs: number; received: number; sent: number }
+/** Round-trip times of ping6 over the mesh. The minimum is the path's delay (the WAN emulator's
+ * delay is a floor); the median resists the scheduling spikes of a loaded 2-core machine. */
+export interface OverlayRtt { minMs: number; medianMs: number; avgMs: number; maxMs: number; received: number; sent: number }
 
 export interface Cluster {
   readonly dir: string
@@ -149,15 +151,30 @@ function trackForSigint(cluster: Cluster): void {
   })
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, hint = ''): Promise<T> {
+/** Thrown by a probe when waiting longer cannot help (a process exited). */
+class StopWaiting extends Error {}
+
+/** The last lines of a log, for error messages (the cluster's dir is gone once close() ran). */
+function tail(file: string, lines = 15): string {
+  let all: string[]
+  try { all = readFileSync(file, 'utf8').trimEnd().split('\n') } catch { return '(no log)' }
+  // Error lines printed before a long usage text or stack are the ones that explain.
+  const errors = all.slice(0, -lines).filter((line) => /error/i.test(line)).slice(-5)
+  return [...errors, ...(errors.length > 0 ? ['…'] : []), ...all.slice(-lines)].join('\n')
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, hint: () => string = () => ''): Promise<T> {
   const deadline = Date.now() + timeoutMs
   let lastError: unknown
   for (;;) {
     try {
       const value = await probe()
       if (value !== undefined && value !== false) return value
-    } catch (err) { lastError = err }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}${hint}`)
+    } catch (err) {
+      if (err instanceof StopWaiting) throw new Error(err.message)
+      lastError = err
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}${hint()}`)
     await new Promise((resolve) => setTimeout(resolve, 25))
   }
 }
@@ -171,16 +188,13 @@ async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals
   clearTimeout(timer)
 }
 
-function readPid(file: string): number | undefined {
-  try { return Number(readFileSync(file, 'utf8')) || undefined } catch { return undefined }
+/** True while the process exists and is not a zombie. */
+function isRunning(pid: number): boolean {
+  try { return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')) } catch { return false }
 }
 
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => { const { port } = server.address() as { port: number }; server.close(() => resolve(port)) })
-  })
+function readPid(file: string): number | undefined {
+  try { return Number(readFileSync(file, 'utf8')) || undefined } catch { return undefined }
 }
 
 /** The peer set of `host` in a kit-built mesh: every other host, reached through the WAN relay,
@@ -211,17 +225,25 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     closing ??= (async () => {
       // Hosts first, gracefully (the supervisor stops agent and proxy), then anything left in
       // their namespaces, then their Machines, mounts and Machine namespaces.
+      let closeLap = performance.now()
+      const closeMark = (phase: string) => { const now = performance.now(); timings[`close_${phase}`] = Math.round(now - closeLap); closeLap = now }
       await Promise.allSettled([...hostChildren.values()].map((child) => stopChild(child, 'SIGTERM', 10_000)))
-      for (const host of hosts) await host.mesh?.close().catch(() => undefined)
-      for (const host of hosts) await killNetnsProcesses(host.netns).catch(() => undefined)
-      for (const host of hosts) await cleanupHost(host.dataDir).catch(() => undefined)
+      closeMark('hosts')
+      await Promise.allSettled(hosts.map(async (host) => {
+        await host.mesh?.close()
+        await killNetnsProcesses(host.netns)
+        await cleanupHost(host.dataDir)
+      }))
+      closeMark('machines')
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined)
+      closeMark('hub_api')
       for (const forwarder of forwarders) {
         for (const socket of forwarder.sockets) socket.destroy()
         await new Promise<void>((resolve) => forwarder.server.close(() => resolve()))
       }
       await star?.close()
       if (!process.env.HANGAR_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
+      closeMark('namespaces')
       liveClusters.delete(cluster)
     })()
     return closing
@@ -258,9 +280,10 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
           if (signal === 'SIGKILL') {
             // A crash of the whole host: supervisor, agent and proxy at once (Machines and the
             // mesh device survive, as on a real machine whose hangar processes were killed).
-            const pids = [child?.pid, readPid(join(dataDir, 'agent.pid')), readPid(join(dataDir, 'proxy.pid'))]
-            for (const pid of pids) { if (pid) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } } }
+            const pids = [child?.pid, readPid(join(dataDir, 'agent.pid')), readPid(join(dataDir, 'proxy.pid'))].filter((pid): pid is number => pid !== undefined)
+            for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } }
             if (child && child.exitCode === null && child.signalCode === null) await new Promise<void>((resolve) => child.once('exit', () => resolve()))
+            await waitFor(`${host.name}'s processes to die`, () => pids.every((pid) => !isRunning(pid)), 10_000)
           } else {
             await stopChild(child, signal, 10_000)
           }
@@ -324,17 +347,16 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     const loopbackPorts = [...(options.exposeLoopbackPorts ?? []), ...(options.registry ? [Number(options.registry.host.split(':').at(-1))] : [])]
     for (const port of loopbackPorts) await exposeLoopbackPort(port)
 
-    // The API: its own process in the root namespace, on loopback.
-    const apiPort = await freeLoopbackPort()
+    // The API: its own process in the root namespace, on loopback (port 0: it writes the URL it
+    // got to api.url, so no port can be taken by someone else in between).
     const tokenFile = join(dir, 'api', 'token')
     const apiLog = openSync(join(dir, 'api.log'), 'a')
     const api = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', process.execPath, '--enable-source-maps', CLI_MAIN, 'api', '--data-dir', join(dir, 'api'),
-      '--nats', nats[0]!.url, '--host', '127.0.0.1', '--port', String(apiPort), '--region', options.regions[0]!, '--bootstrap-org', org, '--token-file', tokenFile], {
+      '--nats', nats[0]!.url, '--host', '127.0.0.1', '--port', '0', '--region', options.regions[0]!, '--bootstrap-org', org, '--token-file', tokenFile], {
       stdio: ['ignore', apiLog, apiLog], env: { ...process.env, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(apiLog)
     cleanups.push(() => stopChild(api, 'SIGTERM', 5000))
-    const apiUrl = `http://127.0.0.1:${apiPort}`
 
     const bus = await Bus.connect(nats.map((n) => n.url), { name: 'cluster-kit' })
     cleanups.push(() => bus.close())
@@ -358,17 +380,22 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await waitFor(`hosts ${wanted.map((h) => h.name).join(', ')} to answer on NATS`, async () => {
         for (const host of wanted) {
           const child = hostChildren.get(host.index)
-          if (!child || child.exitCode !== null) throw new Error(`hangar host ${host.name} exited (${child?.exitCode}); see ${host.logFile} and ${join(host.dataDir, 'logs')}`)
+          if (!child || child.exitCode !== null) throw new StopWaiting(`hangar host ${host.name} exited (${child?.exitCode}): ${tail(host.logFile)} ${tail(join(host.dataDir, 'logs', 'agent.log'))}`)
         }
         const infos = await bus.gather<HostInfo>(SUBJECTS.hostsDiscover, {}, 250, ids.size)
         const seen = new Set(infos.map((i) => i.id))
         return [...ids].every((id) => seen.has(id))
-      }, options.readyTimeoutMs ?? 60_000, ` (logs: ${wanted.map((h) => h.logFile).join(', ')})`)
+      }, options.readyTimeoutMs ?? 60_000, () => ` (logs: ${wanted.map((h) => `${h.name}: ${tail(h.logFile)} agent: ${tail(join(h.dataDir, 'logs', 'agent.log'))}`).join('; ')})`)
     }
 
     for (const host of hosts) launchHost(host)
-    const token = await waitFor('the API to start', () => existsSync(tokenFile) && existsSync(join(dir, 'api', 'api.url')) ? readFileSync(tokenFile, 'utf8').trim() : undefined,
-      30_000, ` (log: ${join(dir, 'api.log')})`)
+    const started = await waitFor('the API to start', () => {
+      if (api.exitCode !== null || api.signalCode !== null) throw new StopWaiting(`the API exited (${api.exitCode ?? api.signalCode}): ${tail(join(dir, 'api.log'))}`)
+      // api.url is written last; the read may catch it half-written, hence the pattern.
+      const url = existsSync(join(dir, 'api', 'api.url')) ? readFileSync(join(dir, 'api', 'api.url'), 'utf8').trim() : ''
+      return /^http:\/\/127\.0\.0\.1:\d+$/.test(url) && existsSync(tokenFile) ? { url, token: readFileSync(tokenFile, 'utf8').trim() } : undefined
+    }, 60_000, () => ` (log: ${tail(join(dir, 'api.log'))})`)
+    const { url: apiUrl, token } = started
     mark('api')
     await waitForHosts(hosts)
     // And the API sees them: every region listed.
@@ -400,12 +427,15 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       partition: (host) => hub.wan.partition(host.hostId),
       heal: (host) => hub.wan.heal(host.hostId),
       async overlayRtt(from, to, count = 10) {
-        const [command, args] = from.exec('ping', ['-6', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '2', to.overlayAddress])
+        const [command, args] = from.exec('ping', ['-6', '-n', '-c', String(count), '-i', '0.2', '-W', '2', to.overlayAddress])
         const result = await runCommand(command, args, { allowFailure: true, timeoutMs: 10_000 + count * 1000 })
         const packets = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout)
-        const rtt = /= ([\d.]+)\/([\d.]+)\/([\d.]+)\//.exec(result.stdout)
-        if (!packets || !rtt) throw new Error(`ping6 ${from.name} → ${to.name} (${to.overlayAddress}) got no replies: ${result.stdout.trim()} ${result.stderr.trim()}`)
-        return { sent: Number(packets[1]), received: Number(packets[2]), minMs: Number(rtt[1]), avgMs: Number(rtt[2]), maxMs: Number(rtt[3]) }
+        const times = [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y)
+        if (!packets || times.length === 0) throw new Error(`ping6 ${from.name} → ${to.name} (${to.overlayAddress}) got no replies: ${result.stdout.trim().split('\n').slice(-2).join(' ')} ${result.stderr.trim()}`)
+        return {
+          sent: Number(packets[1]), received: Number(packets[2]), minMs: times[0]!, maxMs: times.at(-1)!,
+          medianMs: times[Math.floor((times.length - 1) / 2)]!, avgMs: Math.round((times.reduce((a, b) => a + b, 0) / times.length) * 1000) / 1000,
+        }
       },
       async routeMachineNetworks(networks) {
         if (!hosts.every((h) => h.mesh)) throw new Error('the cluster was started without a mesh')
