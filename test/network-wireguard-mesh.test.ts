@@ -4,6 +4,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { runCommand } from '../src/core/command.js'
 import { isInvalidArgument } from '../src/core/index.js'
 import { WireguardMesh, hostNumber, hostSixpnPrefix, overlayAddressFor, sixpnAddress, wireguardInterfaceName } from '../src/network/index.js'
@@ -141,4 +143,38 @@ test('bad input is refused with a typed error and leaves the device as it was', 
   await assert.rejects(a.setPeers([a.selfPeer()]), /own key/)
   const peers = await a.peers()
   assert.deepEqual(peers.map((p) => [p.publicKey, p.endpoint]), [[b.publicKey, `${star.hosts[1]!.address}:51820`]])
+})
+
+test("in the current namespace, as `hangar host` runs it: a mesh started without netns lives where its process does", async (t) => {
+  const { star, dir, start } = await twoHosts(t)
+  // A child process inside host 0's namespace starts the mesh the way a host would.
+  const script = `
+    const { WireguardMesh } = await import(${JSON.stringify(new URL('../src/network/index.js', import.meta.url).href)})
+    const mesh = await WireguardMesh.start({ hostId: process.argv[1], dataDir: process.argv[2] })
+    console.log(JSON.stringify({ publicKey: mesh.publicKey, overlayAddress: mesh.overlayAddress, listenPort: mesh.listenPort, interfaceName: mesh.interfaceName, hostId: mesh.hostId }))
+    process.stdin.once('data', async (line) => { await mesh.setPeers(JSON.parse(line)); console.log('peers set') })
+    process.once('SIGTERM', async () => { await mesh.close(); process.exit(0) })
+  `
+  const [command, args] = star.exec(star.hosts[0]!.netns, process.execPath, ['--input-type=module', '-e', script, `wgt${randomBytes(4).toString('hex')}`, join(dir, 'inside')])
+  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+  const inside = JSON.parse((await lines.next()).value as string) as { publicKey: string; overlayAddress: string; listenPort: number; interfaceName: string; hostId: string }
+  assert.equal(inside.listenPort, 51820)
+  const link = await runCommand('ip', ['-n', star.hosts[0]!.netns, 'link', 'show', inside.interfaceName], { allowFailure: true })
+  assert.equal(link.code, 0, 'the device is in the namespace of the process that started it')
+  const rootLink = await runCommand('ip', ['link', 'show', inside.interfaceName], { allowFailure: true })
+  assert.notEqual(rootLink.code, 0, 'and not in the test\'s')
+
+  const other = await start(1)
+  await other.setPeers([{ hostId: inside.hostId, publicKey: inside.publicKey, overlayAddress: inside.overlayAddress, endpoint: `${star.hosts[0]!.address}:51820` }])
+  child.stdin!.write(JSON.stringify([other.selfPeer(`${star.hosts[1]!.address}:51820`)]) + '\n')
+  assert.equal((await lines.next()).value, 'peers set')
+  await waitForPing(star, star.hosts[1]!.netns, inside.overlayAddress)
+
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  assert.equal(await exited, 0)
+  assert.ok(!existsSync(`/var/run/wireguard/${inside.interfaceName}.sock`))
+  assert.notEqual((await runCommand('ip', ['-n', star.hosts[0]!.netns, 'link', 'show', inside.interfaceName], { allowFailure: true })).code, 0)
 })

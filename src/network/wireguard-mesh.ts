@@ -77,13 +77,13 @@ export class WireguardMesh {
     const keyPath = join(options.dataDir, 'wireguard', 'private.key')
     loadOrCreatePrivateKey(keyPath)
     const name = wireguardInterfaceName(options.hostId)
-    const netnsArgs = options.netns ? [`--net=/var/run/netns/${options.netns}`] : []
     await stopStale(options.dataDir, name, options.netns)
 
     const pidFile = join(options.dataDir, 'wireguard', 'wireguard-go.pid')
     // setpriv --pdeathsig: the device must not outlive the process that manages it (a host that
     // dies uncleanly restarts with a fresh one; stopStale handles a leftover anyway).
-    const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'nsenter', ...netnsArgs, '--', 'wireguard-go', '-f', name], {
+    const inNetns = options.netns ? ['nsenter', `--net=/var/run/netns/${options.netns}`, '--'] : []
+    const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', ...inNetns, 'wireguard-go', '-f', name], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: process.env.HANGAR_WIREGUARD_LOG_LEVEL ?? 'error' },
     })
