@@ -125,6 +125,23 @@ test('a 4-region cluster: hosts register, run Machines, reach each other over th
     assert.ok(near.minMs >= 10 && near.minMs < 18, `ams→fra min RTT ${near.minMs} ms`)
   })
 
+  await t.test("the hosts' catalog nodes find each other over the mesh and measure the emulated WAN's RTT", async () => {
+    const ams = c.host('ams')
+    const deadline = Date.now() + 20_000
+    let members: Array<{ host_id: string | null; region: string | null; state: string; rtt_ms: number | null; addr: string }> = []
+    for (;;) {
+      try { members = await (await fetch(`${ams.catalogUrl}/v1/members`)).json() as typeof members } catch { members = [] }
+      const sjc = members.find((m) => m.region === 'sjc')
+      if (members.filter((m) => m.state === 'alive').length === 3 && sjc?.rtt_ms) break
+      if (Date.now() > deadline) assert.fail(`ams's catalog members: ${JSON.stringify(members)}`)
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    t.diagnostic(`ams's catalog members: ${JSON.stringify(members.map((m) => [m.region, m.state, m.rtt_ms]))}`)
+    for (const member of members) assert.match(member.addr, /^\[fdaa:ffff:0:[0-9a-f:]+\]:\d+$/, 'gossip over overlay addresses')
+    const sjcRtt = members.find((m) => m.region === 'sjc')!.rtt_ms!
+    assert.ok(sjcRtt >= 50 && sjcRtt < 75, `the catalog measured ${sjcRtt} ms to sjc for 2 × 25 ms`)
+  })
+
   await t.test("Machines of one org reach each other's across hosts once their networks are routed", async () => {
     const ams = machines.get('ams')!
     const sjc = machines.get('sjc')!

@@ -49,6 +49,10 @@ import type { DelayTable, WanEmulator } from './wan-emulator.js'
 
 const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url))
 const WIREGUARD_PORT = 51820
+const CATALOG_GOSSIP_PORT = 4001
+/** The catalog API listens on the host's loopback; the kit makes it reachable on the host's
+ * underlay address too (see `catalogUrl`). */
+const CATALOG_API_PORT = 4002
 
 export interface ClusterOptions {
   /** One region per host, e.g. ['ams', 'sjc', 'fra', 'syd']: the cluster has regions.length hosts. */
@@ -89,6 +93,9 @@ export interface ClusterHost {
   /** Where the host's proxy binds apps' public ports (its underlay address). */
   readonly proxyAddress: string
   readonly dataDir: string
+  /** The host's catalog API as the test reaches it: `hangar host` binds it to the host's
+   * 127.0.0.1, and the kit DNATs <underlay>:4002 there. */
+  readonly catalogUrl: string
   /** The NATS URL this host was given. */
   readonly natsUrl: string
   readonly logFile: string
@@ -271,7 +278,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       const hostId = hostIdFor(dataDir)
       const host: ClusterHost = {
         index, name: `h${index}`, region, hostId, netns: node.netns, underlayAddress: node.address, overlayAddress: overlayAddressFor(hostId),
-        proxyAddress: node.address, dataDir, natsUrl: '', logFile: join(dir, 'hosts', `h${index}.log`),
+        proxyAddress: node.address, dataDir, natsUrl: '', catalogUrl: `http://${node.address}:${CATALOG_API_PORT}`, logFile: join(dir, 'hosts', `h${index}.log`),
         pid: () => { const child = hostChildren.get(index); return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined },
         agentPid: () => readPid(join(dataDir, 'agent.pid')),
         exec: (command, args) => netnsExec(node.netns, command, args),
@@ -346,6 +353,15 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     }
     const loopbackPorts = [...(options.exposeLoopbackPorts ?? []), ...(options.registry ? [Number(options.registry.host.split(':').at(-1))] : [])]
     for (const port of loopbackPorts) await exposeLoopbackPort(port)
+    // The other way round: the host's own loopback catalog API, reachable on its underlay address.
+    await Promise.all(hosts.map(async (host) => {
+      await theStar.run(host.netns, 'sysctl', ['-qw', 'net.ipv4.conf.all.route_localnet=1'])
+      await theStar.run(host.netns, 'nft', ['-f', '-'], `
+        table ip hangar_host_loopback {
+          chain prerouting { type nat hook prerouting priority -100; policy accept; iifname "eth0" ip daddr ${host.underlayAddress} tcp dport ${CATALOG_API_PORT} dnat to 127.0.0.1:${CATALOG_API_PORT}; }
+        }
+`)
+    }))
 
     // The API: its own process in the root namespace, on loopback (port 0: it writes the URL it
     // got to api.url, so no port can be taken by someone else in between).
@@ -364,8 +380,14 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     function launchHost(host: ClusterHost): void {
       const natsUrl = nats[host.index % nats.length]!.url
       ;(host as { natsUrl: string }).natsUrl = natsUrl
-      const args = ['host', '--data-dir', host.dataDir, '--region', host.region, '--nats', natsUrl, '--host-address', host.overlayAddress,
-        '--max-restart-backoff', '500ms', ...((options.proxy ?? true) ? ['--proxy-listen', host.proxyAddress] : ['--no-proxy']), ...(options.hostArgs?.(host) ?? [])]
+      const extra = options.hostArgs?.(host) ?? []
+      // Catalog gossip rides the mesh: each host joins the others by overlay address, so SWIM and
+      // broadcasts get the WAN's delays. `hangar host` builds its gossip address as
+      // `${hostAddress}:${port}`, hence the brackets around the IPv6 overlay address.
+      const join = extra.includes('--join') || extra.includes('--no-catalog') ? [] : ['--join', hosts.filter((h) => h !== host).map((h) => `[${h.overlayAddress}]:${CATALOG_GOSSIP_PORT}`).join(',')]
+      const args = ['host', '--data-dir', host.dataDir, '--region', host.region, '--nats', natsUrl, '--host-address', `[${host.overlayAddress}]`,
+        '--catalog-port', String(CATALOG_GOSSIP_PORT), '--catalog-api-port', String(CATALOG_API_PORT), ...join,
+        '--max-restart-backoff', '500ms', ...((options.proxy ?? true) ? ['--proxy-listen', host.proxyAddress] : ['--no-proxy']), ...extra]
       const log = openSync(host.logFile, 'a')
       // pdeathsig: a host never outlives the test process; SIGTERM lets it stop its components.
       const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', ...netnsExec(host.netns, process.execPath, ['--enable-source-maps', CLI_MAIN, ...args]).flat()], {

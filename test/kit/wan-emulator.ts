@@ -91,12 +91,14 @@ class DelayLine {
   private arm(): void {
     const head = this.queue[0]
     if (!head) { this.timer = undefined; return }
-    this.timer = setTimeout(() => this.release(), Math.max(0, head.due - performance.now()))
+    this.timer = setTimeout(() => this.release(), Math.max(1, Math.ceil(head.due - performance.now())))
   }
 
   private release(): void {
-    // setTimeout fires up to ~1 ms late, never early: release everything due by now.
-    const now = performance.now() + 0.5
+    // A timer can fire early against performance.now() (libuv measures it from the loop's cached
+    // clock, in whole ms), and the delay is a floor a test may rely on: send only what is due by
+    // the real clock and re-arm for the rest. The cost is up to ~1 ms late, never early.
+    const now = performance.now()
     while (this.queue.length > 0 && this.queue[0]!.due <= now) this.send(this.queue.shift()!.data)
     this.arm()
   }
