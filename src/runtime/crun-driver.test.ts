@@ -85,7 +85,8 @@ test('crun driver: guests run isolated with limits, report exits and OOM kills, 
     const wallUs = Number(process.hrtime.bigint() - started) / 1000
     const cores = usedUs / wallUs
     assert.ok(cores < 1.15, `used ${cores.toFixed(2)} cores with a 1-cpu limit`)
-    assert.ok(cores > 0.3, `used only ${cores.toFixed(2)} cores`)
+    // Only the cap is asserted: on a busy 2-core machine the burner may get much less than its core.
+    assert.ok(cores > 0.02, `the burner did not run (${cores.toFixed(2)} cores)`)
     assert.equal(readMemoryLimitBytes(driver.cgroupInfo, cgroup), 64 * 1024 * 1024)
     await driver.kill(spec.machineId, 'SIGKILL')
     const exit = await waitFor('the kill', () => driver.exitStatus(spec.machineId))
