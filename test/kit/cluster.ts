@@ -67,7 +67,8 @@ export interface ClusterOptions {
   registry?: { host: string }
   /** More root-namespace loopback TCP ports to make reachable from the hosts as 127.0.0.1:<port>. */
   exposeLoopbackPorts?: number[]
-  /** Build the WireGuard mesh around the hosts (default true). */
+  /** Build the WireGuard mesh around the hosts (default true). Without it hosts cannot reach each
+   * other at all (their bridge ports are isolated) and their catalogs are not joined. */
   mesh?: boolean
   /** Run a proxy on every host, bound to its underlay address (default true). */
   proxy?: boolean
@@ -147,14 +148,14 @@ export interface Cluster {
 }
 
 // Best effort on Ctrl-C: every live cluster is torn down before the process exits.
-const liveClusters = new Set<Cluster>()
+const liveClusters = new Set<() => Promise<void>>()
 let sigintInstalled = false
-function trackForSigint(cluster: Cluster): void {
-  liveClusters.add(cluster)
+function trackForSigint(close: () => Promise<void>): void {
+  liveClusters.add(close)
   if (sigintInstalled) return
   sigintInstalled = true
   process.once('SIGINT', () => {
-    void Promise.allSettled([...liveClusters].map((c) => c.close())).finally(() => process.exit(130))
+    void Promise.allSettled([...liveClusters].map((closeCluster) => closeCluster())).finally(() => process.exit(130))
   })
 }
 
@@ -251,12 +252,12 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await star?.close()
       if (!process.env.HANGAR_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
       closeMark('namespaces')
-      liveClusters.delete(cluster)
+      liveClusters.delete(close)
     })()
     return closing
   }
-  // A placeholder so close() can run before the cluster object is complete.
-  let cluster = { close } as unknown as Cluster
+  // Tracked from the start: a Ctrl-C during start-up tears down what exists so far.
+  trackForSigint(close)
 
   try {
     star = await createNetnsStar({ hosts: options.regions.length, prefix: 'hgc', isolateHosts: true })
@@ -310,7 +311,6 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await Promise.all(hosts.map(async (host) => {
         host.mesh = await WireguardMesh.start({ hostId: host.hostId, dataDir: host.dataDir, netns: host.netns, listenPort: WIREGUARD_PORT })
       }))
-      for (const host of hosts) cleanups.push(() => host.mesh!.close())
       await hub.wan.addHosts(hosts.map((h) => ({ hostId: h.hostId, region: h.region, endpoint: `${h.underlayAddress}:${h.mesh!.listenPort}` })))
       await Promise.all(hosts.map((host) => host.mesh!.setPeers(meshPeersFor(host, hosts, hub.wan))))
       // One handshake per pair, started by one side only: when both sides start one within a
@@ -384,7 +384,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       // Catalog gossip rides the mesh: each host joins the others by overlay address, so SWIM and
       // broadcasts get the WAN's delays. `hangar host` builds its gossip address as
       // `${hostAddress}:${port}`, hence the brackets around the IPv6 overlay address.
-      const join = extra.includes('--join') || extra.includes('--no-catalog') ? [] : ['--join', hosts.filter((h) => h !== host).map((h) => `[${h.overlayAddress}]:${CATALOG_GOSSIP_PORT}`).join(',')]
+      const join = extra.includes('--join') || extra.includes('--no-catalog') || !host.mesh ? [] : ['--join', hosts.filter((h) => h !== host).map((h) => `[${h.overlayAddress}]:${CATALOG_GOSSIP_PORT}`).join(',')]
       const args = ['host', '--data-dir', host.dataDir, '--region', host.region, '--nats', natsUrl, '--host-address', `[${host.overlayAddress}]`,
         '--catalog-port', String(CATALOG_GOSSIP_PORT), '--catalog-api-port', String(CATALOG_API_PORT), ...join,
         '--max-restart-backoff', '500ms', ...((options.proxy ?? true) ? ['--proxy-listen', host.proxyAddress] : ['--no-proxy']), ...extra]
@@ -438,7 +438,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     mark('hosts')
     timings.total = Math.round(performance.now() - began)
 
-    cluster = {
+    return {
       dir, star: theStar, hosts, nats, natsUrls: nats.map((n) => n.url), hub, wan: hub.wan, apiUrl, token, org, client, timings,
       host(nameOrRegion) {
         const found = hosts.find((h) => h.name === nameOrRegion) ?? hosts.find((h) => h.region === nameOrRegion)
@@ -466,8 +466,6 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       exposeLoopbackPort,
       close,
     }
-    trackForSigint(cluster)
-    return cluster
   } catch (err) {
     await close()
     throw err
