@@ -105,10 +105,12 @@ describe('hangar proxy across hosts, on loopback', { timeout: 120_000 }, () => {
     const toC = (await a.metric('hangar_proxy_peer_rtt_ms', { host: 'host-c', region: 'sea' }))!
     const bToC = (await cluster.proxy('host-b').metric('hangar_proxy_peer_rtt_ms', { host: 'host-c' }))!
     process.stderr.write(`measured RTT: A→B ${toB.toFixed(2)} ms, A→C ${toC.toFixed(2)} ms, B→C ${bToC.toFixed(2)} ms\n`)
-    // The relays add 2 × the one-way delay; the measurement adds a little on loopback.
-    assert.ok(toB >= 10 && toB < 25, `A→B ${toB}`)
-    assert.ok(toC >= 50 && toC < 70, `A→C ${toC}`)
-    assert.ok(bToC >= 20 && bToC < 35, `B→C ${bToC}`)
+    // The relays add 2 × the one-way delay; the measurement adds a little (more when the machine
+    // is busy: the relay's timers fire late), never less.
+    assert.ok(toB >= 10 && toB < 40, `A→B ${toB}`)
+    assert.ok(toC >= 50 && toC < 90, `A→C ${toC}`)
+    assert.ok(bToC >= 20 && bToC < 50, `B→C ${bToC}`)
+    assert.ok(toB < bToC && bToC < toC, 'the order of the links is the order of their delays')
     assert.equal(await a.metric('hangar_proxy_peer_up', { host: 'host-b' }), 1)
   })
 

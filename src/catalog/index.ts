@@ -17,7 +17,7 @@ export {
   type SubscriptionRow,
   type TransactionResponse,
 } from './client.js'
-export { createCatalogRouteSource, type CatalogRouteSource } from './route-source.js'
+export { createCatalogRouteSource, createCatalogPeerSource, type CatalogRouteSource, type CatalogPeerSource, type CatalogPeer } from './route-source.js'
 export {
   PLATFORM_SCHEMA_SQL,
   configForCatalog,

@@ -222,3 +222,74 @@ export function createCatalogRouteSource(client: CatalogClient, options: { logge
     },
   }
 }
+
+// ── the backhaul's peers ──
+// Each host's agent writes its proxy's backhaul address into its hosts row (`proxy_addr`); every
+// proxy keeps a session to every other (src/proxy backhaul). Shaped like the proxy's PeerSource.
+
+const HOSTS_QUERY = 'SELECT id, region, proxy_addr FROM hosts'
+
+export interface CatalogPeer {
+  hostId: string
+  region: string
+  /** `host:port` of the host's proxy backhaul listener. */
+  addr: string
+}
+
+export interface CatalogPeerSource {
+  /** Calls `apply` with every host that has a backhaul address, now (once loaded) and on change. */
+  subscribe(apply: (peers: CatalogPeer[]) => void): () => void
+  close(): void
+}
+
+export function createCatalogPeerSource(client: CatalogClient, options: { logger?: Logger } = {}): CatalogPeerSource {
+  const logger = options.logger ?? silentLogger
+  const rows = new Map<number, JsonValue[]>()
+  const listeners = new Set<(peers: CatalogPeer[]) => void>()
+  let loaded = false
+  let last = ''
+  let subscription: CatalogSubscription | undefined
+  const peers = (): CatalogPeer[] => [...rows.values()]
+    .map(([id, region, addr]) => ({ hostId: String(id ?? ''), region: String(region ?? ''), addr: String(addr ?? '') }))
+    .filter((p) => p.hostId !== '' && p.addr !== '')
+    .sort((a, b) => (a.hostId < b.hostId ? -1 : 1))
+  const emit = () => {
+    if (!loaded) return
+    const list = peers()
+    const print = JSON.stringify(list)
+    if (print === last) return
+    last = print
+    for (const listener of listeners) {
+      try { listener(list) } catch (err) { logger.error('peer listener failed', { err }) }
+    }
+  }
+  const start = () => {
+    if (subscription !== undefined) return
+    subscription = client.subscribe(HOSTS_QUERY, {
+      onSnapshot(_columns, snapshotRows) {
+        rows.clear()
+        for (const row of snapshotRows) rows.set(row.rowid, row.values)
+        loaded = true
+        emit()
+      },
+      onChange(change) {
+        if (change.kind === 'delete') rows.delete(change.rowid)
+        else rows.set(change.rowid, change.values)
+        emit()
+      },
+      onError(err) { logger.debug('hosts subscription reconnecting', { err: err.message }) },
+    })
+  }
+  return {
+    subscribe(apply) {
+      start()
+      listeners.add(apply)
+      if (loaded) apply(peers())
+      return () => { listeners.delete(apply) }
+    },
+    close() {
+      subscription?.close()
+      listeners.clear()
+    },
+  }
+}

@@ -1,7 +1,7 @@
 import { writeFileSync, mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { createLogger } from '../core/index.js'
+import { createLogger, InvalidArgumentError } from '../core/index.js'
 import { hostIdFor } from '../agent/index.js'
 import { Supervisor, type ComponentSpec } from './supervisor.js'
 
@@ -20,6 +20,11 @@ export interface HostOptions {
   proxyListen?: string
   /** More `hangar proxy` flags (e.g. --metrics, --domain, --queue-wait). */
   proxyArgs?: string[]
+  /** The proxy's backhaul port on the host address (with a catalog: other hosts' proxies send
+   * traffic for this host's Machines there; default 4003). */
+  backhaulPort?: number
+  /** The cluster CA every host shares (default `<dataDir>/cluster-ca`, created if missing). */
+  clusterCaDir?: string
   autostopInterval?: string
   /** Fixed capacity offered to the placement market (default: from the machine, overcommitted). */
   capacityCpus?: number
@@ -57,10 +62,19 @@ export async function runHost(options: HostOptions): Promise<void> {
       ...(options.catalog.join.length ? ['--bootstrap', options.catalog.join.join(',')] : [])]))
     agentArgs.push('--catalog-url', catalogUrl, '--gossip-addr', gossipAddr)
   }
+  // In a cluster (a catalog node) the proxy joins the backhaul on the host address, and the
+  // agent records where in the host's catalog row (proxy_addr) for the other hosts' proxies.
+  const backhaulPort = options.backhaulPort ?? 4003
+  if (!Number.isInteger(backhaulPort) || backhaulPort < 1 || backhaulPort > 65535) throw new InvalidArgumentError(`--backhaul-port: ${options.backhaulPort} is not a port`)
+  const hostAddress = options.hostAddress ?? '127.0.0.1'
+  const backhaulAddr = catalogUrl !== undefined && options.proxyListen !== undefined ? `${hostAddress.includes(':') ? `[${hostAddress}]` : hostAddress}:${backhaulPort}` : undefined
+  if (backhaulAddr !== undefined) agentArgs.push('--proxy-addr', backhaulAddr)
   components.push(cliComponent('agent', agentArgs))
   if (options.proxyListen !== undefined) {
     const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,
-      '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(catalogUrl ? ['--catalog', catalogUrl] : []), ...(options.proxyArgs ?? [])]
+      '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(catalogUrl ? ['--catalog', catalogUrl] : []),
+      ...(backhaulAddr !== undefined ? ['--cluster-ca', options.clusterCaDir ?? join(options.dataDir, 'cluster-ca'), '--backhaul-listen', backhaulAddr] : []),
+      ...(options.proxyArgs ?? [])]
     components.push(cliComponent('proxy', proxyArgs))
   }
   components.push(...(options.extraComponents ?? []))

@@ -98,6 +98,11 @@ export class BackhaulClient<M extends LoadedMachine> {
     }
   }
 
+  /** Whether the backhaul knows where `hostId`'s proxy listens (up or not). */
+  hasPeer(hostId: string): boolean {
+    return this.links.has(hostId)
+  }
+
   /** Measured RTT to a peer host (ms), undefined until measured. */
   rttMs(hostId: string): number | undefined {
     return this.links.get(hostId)?.publishedRtt

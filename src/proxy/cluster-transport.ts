@@ -7,6 +7,8 @@ import { LocalTransport, type ConnectOptions, type Transport, type UpstreamSocke
 
 /** What ClusterTransport needs of the backhaul (BackhaulClient). */
 export interface RemoteTransport {
+  /** Whether the host runs a proxy the backhaul knows (its catalog row names a proxy_addr). */
+  hasPeer(hostId: string): boolean
   connect(target: UpstreamTarget, options?: ConnectOptions): UpstreamSocket
   exchange(target: UpstreamTarget, h2Backend: boolean, request: ExchangeRequest): Promise<ExchangeResponse>
 }
@@ -22,8 +24,11 @@ export class ClusterTransport implements Transport {
     this.local = local
   }
 
+  /** Another host's Machine behind a proxy we know. A host that runs no proxy (`--no-proxy`)
+   * has no worker to enforce limits: its Machines are connected to directly, as on one host. */
   private remote(target: UpstreamTarget): boolean {
-    return target.machine.hostId !== '' && target.machine.hostId !== this.hostId
+    const hostId = target.machine.hostId
+    return hostId !== '' && hostId !== this.hostId && this.backhaul.hasPeer(hostId)
   }
 
   connect(target: UpstreamTarget, options?: ConnectOptions): UpstreamSocket {

@@ -113,7 +113,10 @@ export class Dispatcher {
       return entry
     }
     const state = this.state(group)
-    if (!started && entry === undefined && state.starting === undefined && !group.machines.some((m) => m.recovering && (accept === undefined || accept(m)))) {
+    // Refuse only when no Machine is about to be usable: one that is starting, or stopping with
+    // autostart on (the route may show 'stopped' a moment after an autostop; drain() starts it).
+    const autostart = group.spec.autostart && this.options.controller !== undefined
+    if (!started && entry === undefined && state.starting === undefined && !group.machines.some((m) => (m.recovering || m.settling(autostart)) && (accept === undefined || accept(m)))) {
       return Promise.reject(new RefusedError('no_machines', `no started Machine of app ${group.app} can take this request`))
     }
     return this.enqueue(group, accept, started || state.starting !== undefined ? this.options.limits.startTimeoutMs : this.options.limits.maxWaitMs)

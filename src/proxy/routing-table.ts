@@ -66,6 +66,16 @@ export class MachineEntry implements BalancerCandidate, LoadedMachine {
     return true
   }
 
+  /** On its way to a state the proxy can use: started soon (starting, restarting, updating), or
+   * stopped soon and then startable again (stopping, suspending, or an autostop the RouteSource
+   * has not shown yet). A request that finds nothing else waits for it instead of failing. */
+  settling(autostart: boolean): boolean {
+    if (this.route.cordoned) return false
+    const state = this.state
+    if (state === 'starting' || state === 'restarting' || state === 'updating') return true
+    return autostart && (this.stoppingSince > 0 || state === 'stopping' || state === 'suspending')
+  }
+
   get startable(): boolean {
     return this.startedLocallyAt === 0 && STARTABLE_STATES.has(this.route.state) && !this.route.cordoned
   }

@@ -28,8 +28,11 @@ export function registerDaemons(program: Command): void {
     .option('--no-catalog', 'run no catalog node (a single host that needs no replication)')
     .option('--cpus <n>', 'Machine CPUs this host offers (default: cores × 16, shared CPUs overcommitted)')
     .option('--memory-mb <n>', 'Machine memory this host offers (default: RAM × 4)')
+    .option('--backhaul-port <port>', "the proxy's backhaul port on the host address (other hosts' proxies reach this host's Machines there)", '4003')
+    .option('--cluster-ca <dir>', 'the cluster CA every host shares, for the backhaul between proxies (default: <data-dir>/cluster-ca, created if missing)')
     .action(async (opts) => {
       await runHost({
+        backhaulPort: Number(opts.backhaulPort), clusterCaDir: opts.clusterCa,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
@@ -53,9 +56,10 @@ export function registerDaemons(program: Command): void {
     .option('--memory-mb <n>')
     .option('--catalog-url <url>', "the host's catalog node API")
     .option('--gossip-addr <addr>', "the host's catalog gossip address")
+    .option('--proxy-addr <addr>', "where other hosts' proxies reach this host's proxy (backhaul), recorded in the catalog")
     .action(async (opts) => {
       await runAgentProcess({
-        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr,
+        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, proxyAddr: opts.proxyAddr,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
       })

@@ -2,7 +2,7 @@ import type { Command } from 'commander'
 import { Bus, NatsMachineController, NatsRouteSource } from '../../bus/index.js'
 import { createLogger } from '../../core/index.js'
 import { parseProxyArgs, runProxyProcess, PROXY_USAGE } from '../../proxy/index.js'
-import { CatalogClient, createCatalogRouteSource } from '../../catalog/index.js'
+import { CatalogClient, createCatalogPeerSource, createCatalogRouteSource } from '../../catalog/index.js'
 
 // `hangar proxy`: the proxy process `hangar host` runs. Its Machines come from the agents over
 // NATS (--nats), or from a JSON file (--routes-file) for a standalone proxy.
@@ -30,9 +30,12 @@ export function registerProxy(program: Command): void {
       // Routes from the catalog's subscription in a cluster; straight from the agents otherwise.
       if (catalogUrl) {
         const routeSource = createCatalogRouteSource(new CatalogClient(catalogUrl), { logger })
+        // The backhaul's peers: every host's proxy_addr from the catalog's hosts table.
+        const peerSource = createCatalogPeerSource(new CatalogClient(catalogUrl), { logger })
         const hostOf = (machineId: string) => routeSource.routes().find((r) => r.machineId === machineId)?.hostId
-        await runProxyProcess({ flags, logger, routeSource, controller: new NatsMachineController(bus, hostOf) })
+        await runProxyProcess({ flags, logger, routeSource, peerSource, controller: new NatsMachineController(bus, hostOf) })
         routeSource.close()
+        peerSource.close()
       } else {
         const routeSource = new NatsRouteSource(bus, logger)
         await runProxyProcess({ flags, logger, routeSource, controller: new NatsMachineController(bus, (id) => routeSource.hostOf(id)) })
