@@ -86,3 +86,24 @@ test('hangar up --detach --json and hangar down: two instances never collide, th
   }
   assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(root), 'no rootfs stays mounted')
 })
+
+test('hangar up in the foreground runs until interrupted, then takes everything down', { timeout: 120_000 }, async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'hangar-up-fg-'))
+  const dir = join(root, 'data')
+  t.after(() => rmSync(root, { recursive: true, force: true }))
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, [CLI_MAIN, 'up', '--data-dir', dir], { env: { ...process.env, HANGAR_SKIP_SETUP: '1', HANGAR_CONFIG: join(root, 'config.json') } })
+  let output = ''
+  child.stderr.on('data', (chunk) => { output += chunk })
+  t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const deadline = Date.now() + 60_000
+  while (!output.includes('Press Ctrl-C') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50))
+  assert.match(output, /Machines API\s+http:\/\/127\.0\.0\.1:\d+/)
+  assert.match(output, /hangar machine run 127\.0\.0\.1:\d+\/hangar\/hello/, 'it prints a one-line example that runs a Machine')
+  const pids = pidFiles(dir).map((f) => Number(readFileSync(f, 'utf8')))
+  assert.ok(pids.length >= 5 && pids.every(alive))
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  child.kill('SIGINT')
+  assert.equal(await exited, 0)
+  for (const pid of pids) assert.equal(alive(pid), false, `process ${pid} was stopped by Ctrl-C`)
+})

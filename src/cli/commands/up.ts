@@ -10,7 +10,7 @@ import { cleanupHost } from '../../host/index.js'
 import { defaultMachineSubnet } from '../../network/index.js'
 import { pushBusyboxImage, pushHttpServerImage } from '../../images/index.js'
 import { runCommand } from '../../core/command.js'
-import { defaultDataDir, readConfig, writeConfig } from '../config.js'
+import { configPath, defaultDataDir, writeConfig } from '../config.js'
 import { info, printJson } from '../output.js'
 
 // `hangar up`: the embedded default for one machine (DESIGN "Processes"). Starts a NATS server,
@@ -222,7 +222,7 @@ export function registerUp(program: Command): void {
         printJson(shown)
       } else {
         info(`Hangar is running.`)
-        info(`  Machines API  ${state.api_url}   (org ${state.org}; token and URL saved in ${readConfig().api_url ? '~/.hangar/config.json' : 'the CLI config'})`)
+        info(`  Machines API  ${state.api_url}   (org ${state.org}; token and URL saved in ${configPath()})`)
         info(`  Region        ${state.region}`)
         info(`  Proxy         ${state.proxy_addr} (apps' public ports bind here)`)
         info(`  Data          ${state.data_dir}`)
@@ -233,7 +233,9 @@ export function registerUp(program: Command): void {
       if (opts.detach) return
       info('Press Ctrl-C to stop Hangar.')
       await new Promise<void>((resolveWait) => {
-        const stop = () => resolveWait()
+        // Signal listeners alone do not keep Node running: a timer does, until Ctrl-C.
+        const keepAlive = setInterval(() => undefined, 1 << 30)
+        const stop = () => { clearInterval(keepAlive); resolveWait() }
         process.once('SIGINT', stop)
         process.once('SIGTERM', stop)
       })
