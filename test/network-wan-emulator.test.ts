@@ -154,9 +154,11 @@ test('a WireGuard tunnel whose only path is the hub relay gets the configured de
   for (let i = 0; i < 20 && (await ping(1)).code !== 0; i++) { /* handshake */ }
   const result = await ping(10)
   assert.equal(result.code, 0, result.stdout)
-  const [min, avg] = /= ([\d.]+)\/([\d.]+)\//.exec(result.stdout)!.slice(1).map(Number) as [number, number]
-  assert.ok(min >= 50 && avg < 60, `overlay RTT min ${min} ms, avg ${avg} ms for 2 × 25 ms`)
-  t.diagnostic(`overlay RTT through the relay: min ${min} ms, avg ${avg} ms (configured 2 × 25 ms)`)
+  // The delay is a floor (never early); the median tolerates a loaded machine's scheduling spikes.
+  const times = [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y)
+  const [min, median] = [times[0]!, times[Math.floor((times.length - 1) / 2)]!]
+  assert.ok(min >= 50 && min < 58 && median < 75, `overlay RTT min ${min} ms, median ${median} ms for 2 × 25 ms`)
+  t.diagnostic(`overlay RTT through the relay: min ${min} ms, median ${median} ms (configured 2 × 25 ms)`)
 
   await hub.wan.partition(b.hostId)
   assert.notEqual((await ping(2)).code, 0)
