@@ -72,15 +72,15 @@ test('the relay delays each direction by its region pair, keeps order, and drops
   assert.equal(arrived.data, 'hello')
   assert.equal(arrived.from, ab, 'B sees the relay, and answers to it')
   assert.ok(arrived.at - sentAt >= 24.5, `a→b took ${arrived.at - sentAt} ms, at least the 25 ms configured`)
-  assert.ok(arrived.at - sentAt < 40, `a→b took ${arrived.at - sentAt} ms`)
+  assert.ok(arrived.at - sentAt < 60, `a→b took ${arrived.at - sentAt} ms`)
   const repliedAt = send(b, arrived.from, 'back')
   const reply = await until(() => a.received[0])
   assert.equal(reply.data, 'back')
-  assert.ok(reply.at - repliedAt >= 24.5 && reply.at - repliedAt < 40, `b→a took ${reply.at - repliedAt} ms`)
+  assert.ok(reply.at - repliedAt >= 24.5 && reply.at - repliedAt < 60, `b→a took ${reply.at - repliedAt} ms`)
 
   const toC = send(a, relay.endpointFor('a', 'c'), 'near')
   const nearArrival = await until(() => c.received[0])
-  assert.ok(nearArrival.at - toC >= 4.5 && nearArrival.at - toC < 20, `a→c took ${nearArrival.at - toC} ms for 5 configured`)
+  assert.ok(nearArrival.at - toC >= 4.5 && nearArrival.at - toC < 40, `a→c took ${nearArrival.at - toC} ms for 5 configured`)
 
   // 200 datagrams in a burst arrive complete and in order.
   for (let i = 0; i < 200; i++) send(a, ab, `n${i}`)
