@@ -1,5 +1,7 @@
 import { writeFileSync, mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
+import { networkInterfaces } from 'node:os'
+import { startHostMesh, type HostMesh } from './host-mesh.js'
 import { fileURLToPath } from 'node:url'
 import { createLogger, InvalidArgumentError } from '../core/index.js'
 import { hostIdFor } from '../agent/index.js'
@@ -29,6 +31,8 @@ export interface HostOptions {
   /** Fixed capacity offered to the placement market (default: from the machine, overcommitted). */
   capacityCpus?: number
   capacityMemoryMb?: number
+  /** Run the WireGuard mesh between hosts (src/host/host-mesh.ts). */
+  mesh?: { listenPort: number; endpoint?: string; endpointOverridesFile?: string }
   /** Upper bound of the restart backoff for components that keep dying. */
   maxRestartBackoffMs?: number
   extraComponents?: ComponentSpec[]
@@ -40,12 +44,34 @@ export function cliComponent(name: string, args: string[], env?: NodeJS.ProcessE
   return { name, command: process.execPath, args: ['--enable-source-maps', CLI_MAIN, ...args], env: { ...process.env, ...env } }
 }
 
-export async function runHost(options: HostOptions): Promise<void> {
+/** This machine's first global IPv4 address: where other hosts reach its WireGuard by default. */
+export function defaultUnderlayAddress(): string {
+  for (const addresses of Object.values(networkInterfaces())) {
+    for (const address of addresses ?? []) if (address.family === 'IPv4' && !address.internal) return address.address
+  }
+  return '127.0.0.1'
+}
+
+/** An address as the host part of host:port (IPv6 in brackets). */
+export function hostPart(address: string): string {
+  return address.includes(':') && !address.startsWith('[') ? `[${address}]` : address
+}
+
+export async function runHost(hostOptions: HostOptions): Promise<void> {
+  let options = hostOptions
   const logger = createLogger('host')
   mkdirSync(options.dataDir, { recursive: true })
   const hostId = hostIdFor(options.dataDir)
   writeFileSync(join(options.dataDir, 'host.pid'), String(process.pid))
+  // The WireGuard mesh first: the agent announces its key, and the catalog and the backhaul ride
+  // it (the host's address becomes its overlay address unless one is given).
+  let hostMesh: HostMesh | undefined
+  if (options.mesh) {
+    hostMesh = await startHostMesh({ hostId, dataDir: options.dataDir, natsUrl: options.natsUrl, listenPort: options.mesh.listenPort, endpointOverridesFile: options.mesh.endpointOverridesFile, logger })
+    options = { ...options, hostAddress: options.hostAddress ?? hostMesh.mesh.overlayAddress }
+  }
   const agentArgs = ['agent', '--data-dir', options.dataDir, '--region', options.region, '--nats', options.natsUrl, '--host-id', hostId]
+  if (hostMesh && options.mesh) agentArgs.push('--mesh-endpoint', options.mesh.endpoint ?? `${hostPart(defaultUnderlayAddress())}:${hostMesh.mesh.listenPort}`)
   if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
   if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
@@ -56,7 +82,7 @@ export async function runHost(options: HostOptions): Promise<void> {
     // The host's catalog node (DESIGN "Catalog"): gossip on the host's address, its API for the
     // host's own components on loopback.
     catalogUrl = `http://127.0.0.1:${options.catalog.apiPort}`
-    const gossipAddr = `${options.hostAddress ?? '127.0.0.1'}:${options.catalog.gossipPort}`
+    const gossipAddr = `${hostPart(options.hostAddress ?? '127.0.0.1')}:${options.catalog.gossipPort}`
     components.push(cliComponent('catalog', ['catalog', '--db', join(options.dataDir, 'catalog.db'), '--gossip-addr', gossipAddr,
       '--api-addr', `127.0.0.1:${options.catalog.apiPort}`, '--host-id', hostId, '--region', options.region,
       ...(options.catalog.join.length ? ['--bootstrap', options.catalog.join.join(',')] : [])]))
@@ -66,7 +92,7 @@ export async function runHost(options: HostOptions): Promise<void> {
   // agent records where in the host's catalog row (proxy_addr) for the other hosts' proxies.
   const backhaulPort = options.backhaulPort ?? 4003
   if (!Number.isInteger(backhaulPort) || backhaulPort < 1 || backhaulPort > 65535) throw new InvalidArgumentError(`--backhaul-port: ${options.backhaulPort} is not a port`)
-  const hostAddress = options.hostAddress ?? '127.0.0.1'
+  const hostAddress = (options.hostAddress ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1')
   const backhaulAddr = catalogUrl !== undefined && options.proxyListen !== undefined ? `${hostAddress.includes(':') ? `[${hostAddress}]` : hostAddress}:${backhaulPort}` : undefined
   if (backhaulAddr !== undefined) agentArgs.push('--proxy-addr', backhaulAddr)
   components.push(cliComponent('agent', agentArgs))
@@ -84,6 +110,7 @@ export async function runHost(options: HostOptions): Promise<void> {
   const shutdown = async (signal: string) => {
     logger.info('host stopping', { signal })
     await supervisor.stop()
+    await hostMesh?.close()
     rmSync(join(options.dataDir, 'host.pid'), { force: true })
     process.exit(0)
   }

@@ -229,7 +229,7 @@ export async function startWebMachine(machineId: string, port?: number): Promise
 }
 
 export interface HeldRequest {
-  /** The Machine that answered (its x-machine header). */
+  /** The Machine that answered (its x-machine or x-machine-id header). */
   machine: string
   status: number
   headers: http.IncomingHttpHeaders
@@ -239,15 +239,15 @@ export interface HeldRequest {
 
 /** GET /hold through a proxy: resolves once the response head arrived (the request stays in
  * flight until release()). */
-export function holdRequest(host: string, port: number, app: string, domain = 'cluster.test', timeoutMs = 30_000): Promise<HeldRequest> {
+export function holdRequest(host: string, port: number, app: string, domain = 'cluster.test', timeoutMs = 30_000, path = '/hold'): Promise<HeldRequest> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host, port, path: '/hold', headers: { host: `${app}.${domain}` }, agent: false })
+    const req = http.request({ host, port, path, headers: { host: `${app}.${domain}` }, agent: false })
     const timer = setTimeout(() => req.destroy(new Error(`no response head within ${timeoutMs} ms`)), timeoutMs)
     req.on('response', (res) => {
       clearTimeout(timer)
       res.on('data', () => undefined)
       res.on('error', () => undefined)
-      resolve({ machine: String(res.headers['x-machine'] ?? ''), status: res.statusCode ?? 0, headers: res.headers, release: () => req.destroy() })
+      resolve({ machine: String(res.headers['x-machine'] ?? res.headers['x-machine-id'] ?? ''), status: res.statusCode ?? 0, headers: res.headers, release: () => req.destroy() })
     })
     req.on('error', (err) => { clearTimeout(timer); reject(err) })
     req.end()
