@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { Bus, SUBJECTS } from '../bus/index.js'
 import { createLogger, type Logger, type Machine } from '../core/index.js'
 import { ImageStore, prepareRootfs, releaseRootfs, resetRootfs, type PulledImage } from '../images/index.js'
-import { bridgeNameFor, defaultMachineSubnet } from '../network/index.js'
+import { bridgeNameFor, defaultMachineSubnet, loadOrCreatePrivateKey, overlayAddressFor, wireguardPublicKey } from '../network/index.js'
 import { CrunDriver } from '../runtime/index.js'
 import { Agent } from './agent.js'
 import { serveAgent, type HostInfo } from './agent-service.js'
@@ -35,6 +35,8 @@ export interface AgentProcessOptions {
   catalogUrl?: string
   /** The host's catalog gossip address (recorded in its host row). */
   gossipAddr?: string
+  /** Where other hosts reach this host's WireGuard (underlay ip:port), when the host runs the mesh. */
+  meshEndpoint?: string
   /** Fixed capacity, overriding the computed one (operators, and tests of placement). */
   capacityCpus?: number
   capacityMemoryMb?: number
@@ -101,9 +103,14 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
       log: (line) => bus.publish(SUBJECTS.logs(line.app, line.machine_id), line),
     },
   })
+  // The mesh's key is made by `hangar host` before the agent starts; the agent only announces it.
+  const mesh = options.meshEndpoint
+    ? { publicKey: wireguardPublicKey(loadOrCreatePrivateKey(join(options.dataDir, 'wireguard', 'private.key'))), endpoint: options.meshEndpoint, overlayAddress: overlayAddressFor(hostId) }
+    : undefined
   const info = (): HostInfo => {
     const usage = agent.usage()
     return {
+      ...(mesh ? { mesh } : {}),
       id: hostId, region: options.region, addr: options.hostAddress ?? '127.0.0.1', proxyAddr: options.proxyAddr, catalogUrl: options.catalogUrl,
       // Machines rarely use all they are given: shared CPUs are overcommitted 16× (Fly's shared
       // vCPU is a 1/16 share of a core) and memory 4× by default; operators tune both.

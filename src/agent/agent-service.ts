@@ -15,6 +15,8 @@ export interface HostInfo {
   proxyAddr?: string
   catalogUrl?: string
   capacity: { cpus: number; memoryMb: number }
+  /** The host's WireGuard mesh identity, when it runs one (src/host/host-mesh.ts learns peers from it). */
+  mesh?: { publicKey: string; endpoint: string; overlayAddress: string }
   usage: { machines: number; cpus: number; memoryMb: number }
   startedAt: string
 }

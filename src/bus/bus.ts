@@ -31,7 +31,9 @@ export class Bus {
 
   static async connect(servers: string | string[], options: { name: string; logger?: Logger; timeoutMs?: number } = { name: 'hangar' }): Promise<Bus> {
     try {
-      const connection = await connect({ servers, name: options.name, timeout: options.timeoutMs ?? 5000, maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: false })
+      // "nats://a:4222,nats://b:4222" is several servers (the CLI's --nats takes them comma-joined).
+      const list = (Array.isArray(servers) ? servers : [servers]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean)
+      const connection = await connect({ servers: list, name: options.name, timeout: options.timeoutMs ?? 5000, maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: false })
       return new Bus(connection, options.logger ?? silentLogger)
     } catch (err) {
       throw new UnavailableError(`cannot reach NATS at ${String(servers)}: ${(err as Error).message}`)

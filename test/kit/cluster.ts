@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -70,6 +70,9 @@ export interface ClusterOptions {
   /** Build the WireGuard mesh around the hosts (default true). Without it hosts cannot reach each
    * other at all (their bridge ports are isolated) and their catalogs are not joined. */
   mesh?: boolean
+  /** Who runs the mesh: the kit around the hosts (default), or each `hangar host --mesh` itself,
+   * learning peers over NATS, with the WAN relay's endpoints given as its endpoint overrides. */
+  meshBy?: 'kit' | 'hosts'
   /** Run a proxy on every host, bound to its underlay address (default true). */
   proxy?: boolean
   /** More `hangar host` flags per host. */
@@ -306,8 +309,17 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       hosts.push(host)
     }
 
+    const meshByHosts = options.meshBy === 'hosts'
+    if (meshByHosts) {
+      // Each host runs its own mesh; the kit only tells each where its peers are through the relay.
+      await hub.wan.addHosts(hosts.map((h) => ({ hostId: h.hostId, region: h.region, endpoint: `${h.underlayAddress}:${WIREGUARD_PORT}` })))
+      for (const host of hosts) {
+        mkdirSync(host.dataDir, { recursive: true })
+        writeFileSync(join(host.dataDir, 'wg-endpoints.json'), JSON.stringify(Object.fromEntries(hosts.filter((o) => o !== host).map((o) => [o.hostId, hub.wan.endpointFor(host.hostId, o.hostId)]))))
+      }
+    }
     // ── the mesh, until `hangar host` manages it (see THE SEAM above) ──
-    if (options.mesh ?? true) {
+    if ((options.mesh ?? true) && !meshByHosts) {
       await Promise.all(hosts.map(async (host) => {
         host.mesh = await WireguardMesh.start({ hostId: host.hostId, dataDir: host.dataDir, netns: host.netns, listenPort: WIREGUARD_PORT })
       }))
@@ -384,9 +396,10 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       // Catalog gossip rides the mesh: each host joins the others by overlay address, so SWIM and
       // broadcasts get the WAN's delays. `hangar host` builds its gossip address as
       // `${hostAddress}:${port}`, hence the brackets around the IPv6 overlay address.
-      const join = extra.includes('--join') || extra.includes('--no-catalog') || !host.mesh ? [] : ['--join', hosts.filter((h) => h !== host).map((h) => `[${h.overlayAddress}]:${CATALOG_GOSSIP_PORT}`).join(',')]
+      const joinArgs = extra.includes('--join') || extra.includes('--no-catalog') || !(host.mesh || meshByHosts) ? [] : ['--join', hosts.filter((h) => h !== host).map((h) => `[${h.overlayAddress}]:${CATALOG_GOSSIP_PORT}`).join(',')]
+      const meshArgs = meshByHosts ? ['--mesh', '--wireguard-port', String(WIREGUARD_PORT), '--mesh-endpoint', `${host.underlayAddress}:${WIREGUARD_PORT}`, '--wireguard-endpoints', join(host.dataDir, 'wg-endpoints.json')] : []
       const args = ['host', '--data-dir', host.dataDir, '--region', host.region, '--nats', natsUrl, '--host-address', `[${host.overlayAddress}]`,
-        '--catalog-port', String(CATALOG_GOSSIP_PORT), '--catalog-api-port', String(CATALOG_API_PORT), ...join,
+        '--catalog-port', String(CATALOG_GOSSIP_PORT), '--catalog-api-port', String(CATALOG_API_PORT), ...joinArgs, ...meshArgs,
         '--max-restart-backoff', '500ms', ...((options.proxy ?? true) ? ['--proxy-listen', host.proxyAddress] : ['--no-proxy']), ...extra]
       const log = openSync(host.logFile, 'a')
       // pdeathsig: a host never outlives the test process; SIGTERM lets it stop its components.

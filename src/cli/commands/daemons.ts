@@ -26,6 +26,10 @@ export function registerDaemons(program: Command): void {
     .option('--catalog-port <port>', "this host's catalog gossip port (UDP and TCP)", '4001')
     .option('--catalog-api-port <port>', "this host's catalog API port (on loopback)", '4002')
     .option('--no-catalog', 'run no catalog node (a single host that needs no replication)')
+    .option('--mesh', 'join the WireGuard mesh between hosts (wireguard-go; peers learnt over NATS)')
+    .option('--wireguard-port <port>', "the mesh's UDP port", '51820')
+    .option('--mesh-endpoint <ip:port>', "where other hosts reach this host's WireGuard (default: its first IPv4)")
+    .option('--wireguard-endpoints <file>', 'a JSON {hostId: "ip:port"} that overrides where peers are reached')
     .option('--cpus <n>', 'Machine CPUs this host offers (default: cores × 16, shared CPUs overcommitted)')
     .option('--memory-mb <n>', 'Machine memory this host offers (default: RAM × 4)')
     .option('--backhaul-port <port>', "the proxy's backhaul port on the host address (other hosts' proxies reach this host's Machines there)", '4003')
@@ -37,6 +41,7 @@ export function registerDaemons(program: Command): void {
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
         catalog: opts.catalog === false ? undefined : { gossipPort: Number(opts.catalogPort), apiPort: Number(opts.catalogApiPort), join: String(opts.join ?? '').split(',').map((p: string) => p.trim()).filter(Boolean) },
+        mesh: opts.mesh ? { listenPort: Number(opts.wireguardPort), endpoint: opts.meshEndpoint, endpointOverridesFile: opts.wireguardEndpoints } : undefined,
         capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
         capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
         proxyArgs: ['--domain', opts.domain, ...(opts.proxyMetrics ? ['--metrics', opts.proxyMetrics] : [])],
@@ -55,11 +60,12 @@ export function registerDaemons(program: Command): void {
     .option('--cpus <n>')
     .option('--memory-mb <n>')
     .option('--catalog-url <url>', "the host's catalog node API")
+    .option('--mesh-endpoint <ip:port>', "this host's WireGuard endpoint (announced to the other hosts)")
     .option('--gossip-addr <addr>', "the host's catalog gossip address")
     .option('--proxy-addr <addr>', "where other hosts' proxies reach this host's proxy (backhaul), recorded in the catalog")
     .action(async (opts) => {
       await runAgentProcess({
-        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, proxyAddr: opts.proxyAddr,
+        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, meshEndpoint: opts.meshEndpoint, proxyAddr: opts.proxyAddr,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
       })
