@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CLI_MAIN } from './kit/platform.js'
+import { eventually } from './kit/eventually.js'
 
 // The Quickstart's `hangar up`, as a user runs it: two instances side by side (`--data-dir`), each
 // printing its JSON, running the printed example end to end, and `hangar down` leaving nothing.
@@ -106,4 +107,52 @@ test('hangar up in the foreground runs until interrupted, then takes everything 
   child.kill('SIGINT')
   assert.equal(await exited, 0)
   for (const pid of pids) assert.equal(alive(pid), false, `process ${pid} was stopped by Ctrl-C`)
+})
+
+test('hangar up --hosts 3 --regions: a local cluster in network namespaces, one Machine per region, down removes it all', { timeout: 180_000 }, async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'hangar-up-cluster-'))
+  const dir = join(root, 'data')
+  const env = { ...process.env, HANGAR_SKIP_SETUP: '1', HANGAR_CONFIG: join(root, 'config.json'), HANGAR_API_URL: '', HANGAR_API_TOKEN: '' }
+  const hangar = (...args: string[]) => run(process.execPath, [CLI_MAIN, ...args], { env, timeout: 120_000 })
+  t.after(async () => { await hangar('down', '--data-dir', dir).catch(() => undefined); rmSync(root, { recursive: true, force: true }) })
+  const { stdout } = await hangar('up', '--hosts', '3', '--regions', 'ams,sjc,fra', '--detach', '--json', '--data-dir', dir)
+  const state = JSON.parse(stdout)
+  assert.deepEqual(state.hosts.map((h: { region: string }) => h.region), ['ams', 'sjc', 'fra'])
+  assert.equal(new Set(state.hosts.map((h: { addr: string }) => h.addr)).size, 3, 'each host has its own address')
+  for (const host of state.hosts) {
+    assert.match(host.id, /^[0-9a-f]{12}$/)
+    assert.ok(alive(host.pid))
+    assert.match(host.catalog_url, /^http:\/\/10\.\d+\.\d+\.\d+:\d+$/)
+  }
+  await hangar('apps', 'create', 'hello')
+  const machines = []
+  for (const region of ['ams', 'sjc', 'fra']) {
+    const { stdout: out } = await hangar('machine', 'run', `${state.registry}/hangar/hello`, '-a', 'hello', '-r', region, '-p', '80:8080/tcp:http', '--json')
+    const machine = JSON.parse(out)
+    assert.equal(machine.region, region)
+    assert.equal(machine.host_id, state.hosts.find((h: { region: string }) => h.region === region).id, 'placed on that region’s host')
+    machines.push(machine)
+  }
+  // Every host's catalog learns all three Machines; any host's proxy answers for the app.
+  for (const host of state.hosts) {
+    const rows = await eventually(`the catalog of ${host.region}`, async () => {
+      const res = await fetch(`${host.catalog_url}/v1/queries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify('SELECT id FROM machines') })
+      const lines = (await res.text()).split('\n').filter((l) => l.startsWith('{"row"'))
+      return lines.length === 3 ? lines : undefined
+    }, 20_000)
+    assert.equal(rows.length, 3)
+  }
+  const body = await eventually('an answer through the sjc proxy', async () => {
+    const res = await fetch(`http://${state.hosts[1].proxy_addr}/`, { headers: { host: 'hello.hangar.local' } })
+    return res.status === 200 ? res.text() : undefined
+  }, 20_000)
+  assert.equal(body, 'Hello from a Hangar Machine!\n')
+  const netnsBefore = readdirSync('/var/run/netns').filter((n) => n.startsWith('hgu-'))
+  assert.ok(netnsBefore.length >= 4, 'a hub and three host namespaces')
+  const { stdout: downOut } = await hangar('down', '--data-dir', dir, '--json')
+  assert.equal(JSON.parse(downOut).machinesStopped, 3)
+  const left = readdirSync('/var/run/netns').filter((n) => netnsBefore.includes(n))
+  assert.deepEqual(left, [], 'down removed the namespaces')
+  for (const host of state.hosts) assert.equal(alive(host.pid), false)
+  assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(root), 'no rootfs stays mounted')
 })

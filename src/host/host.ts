@@ -17,7 +17,9 @@ export interface HostOptions {
   machineSubnet?: string
   hostAddress?: string
   /** The host's catalog node: gossip and API ports, and the gossip addresses of nodes to join. */
-  catalog?: { gossipPort: number; apiPort: number; join: string[] }
+  catalog?: { gossipPort: number; apiPort: number; join: string[]; apiHost?: string }
+  /** Registries the agent reaches over plain HTTP (besides loopback ones). */
+  insecureRegistries?: string[]
   /** Where the proxy's public ports bind; no proxy runs when undefined. */
   proxyListen?: string
   /** More `hangar proxy` flags (e.g. --metrics, --domain, --queue-wait). */
@@ -75,16 +77,18 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
   if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
   if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
+  if (options.insecureRegistries?.length) agentArgs.push('--insecure-registry', ...options.insecureRegistries)
   if (options.capacityMemoryMb) agentArgs.push('--memory-mb', String(options.capacityMemoryMb))
   const components: ComponentSpec[] = []
   let catalogUrl: string | undefined
   if (options.catalog) {
     // The host's catalog node (DESIGN "Catalog"): gossip on the host's address, its API for the
     // host's own components on loopback.
-    catalogUrl = `http://127.0.0.1:${options.catalog.apiPort}`
+    const apiHost = options.catalog.apiHost ?? '127.0.0.1'
+    catalogUrl = `http://${hostPart(apiHost)}:${options.catalog.apiPort}`
     const gossipAddr = `${hostPart(options.hostAddress ?? '127.0.0.1')}:${options.catalog.gossipPort}`
     components.push(cliComponent('catalog', ['catalog', '--db', join(options.dataDir, 'catalog.db'), '--gossip-addr', gossipAddr,
-      '--api-addr', `127.0.0.1:${options.catalog.apiPort}`, '--host-id', hostId, '--region', options.region,
+      '--api-addr', `${hostPart(apiHost)}:${options.catalog.apiPort}`, '--host-id', hostId, '--region', options.region,
       ...(options.catalog.join.length ? ['--bootstrap', options.catalog.join.join(',')] : [])]))
     agentArgs.push('--catalog-url', catalogUrl, '--gossip-addr', gossipAddr)
   }

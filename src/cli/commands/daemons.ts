@@ -24,7 +24,9 @@ export function registerDaemons(program: Command): void {
     .option('--domain <domain>', 'apps answer at <app>.<domain>', 'hangar.local')
     .option('--join <peers>', "catalog gossip addresses (host:port, comma-separated) of hosts to join")
     .option('--catalog-port <port>', "this host's catalog gossip port (UDP and TCP)", '4001')
-    .option('--catalog-api-port <port>', "this host's catalog API port (on loopback)", '4002')
+    .option('--catalog-api-port <port>', "this host's catalog API port", '4002')
+    .option('--catalog-api-addr <ip>', "where this host's catalog API listens", '127.0.0.1')
+    .option('--insecure-registry <host...>', 'registries the agent reaches over plain HTTP (loopback ones always are)')
     .option('--no-catalog', 'run no catalog node (a single host that needs no replication)')
     .option('--mesh', 'join the WireGuard mesh between hosts (wireguard-go; peers learnt over NATS)')
     .option('--wireguard-port <port>', "the mesh's UDP port", '51820')
@@ -40,7 +42,8 @@ export function registerDaemons(program: Command): void {
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
-        catalog: opts.catalog === false ? undefined : { gossipPort: Number(opts.catalogPort), apiPort: Number(opts.catalogApiPort), join: String(opts.join ?? '').split(',').map((p: string) => p.trim()).filter(Boolean) },
+        catalog: opts.catalog === false ? undefined : { gossipPort: Number(opts.catalogPort), apiPort: Number(opts.catalogApiPort), join: String(opts.join ?? '').split(',').map((p: string) => p.trim()).filter(Boolean), apiHost: opts.catalogApiAddr },
+        insecureRegistries: opts.insecureRegistry,
         mesh: opts.mesh ? { listenPort: Number(opts.wireguardPort), endpoint: opts.meshEndpoint, endpointOverridesFile: opts.wireguardEndpoints } : undefined,
         capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
         capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
