@@ -11,6 +11,7 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { createClusterCa } from '../../src/proxy/index.js'
 
 const RUNS = Number(process.env.RUNS ?? 3)
 const SECONDS = Number(process.env.SECONDS ?? 5)
@@ -183,6 +184,20 @@ http { access_log off; keepalive_requests 10000000; sendfile on;
   const hangar = await launch(process.execPath, [PROXY_CHILD, JSON.stringify({ machines: [machine], caDir: join(workDir, 'ca') })], (o) => o.includes('ready'))
   targets.push({ name: 'hangar', httpPort: hangarHttp, tcpPort: hangarTcp, pids: () => [hangar.pid!, ...descendants(hangar.pid)] })
 
+  // Hangar across hosts (issue 4): an edge proxy whose Machine is on another "host", reached over
+  // the backhaul (mutual TLS, one HTTP/2 stream per request or connection) through that host's
+  // worker proxy, which opens a fresh connection to the backend per stream. Both on loopback.
+  const clusterCaDir = join(workDir, 'cluster-ca')
+  await createClusterCa(clusterCaDir)
+  const workerBackhaul = await freePort()
+  const edgeHttp = await freePort()
+  const edgeTcp = await freePort()
+  const remoteMachine = { ...machine, hostId: 'bench-worker', services: [{ ...machine.services[0]!, ports: [{ port: edgeHttp, handlers: ['http'] }, { port: edgeTcp, handlers: [] }] }] }
+  const peers = [{ hostId: 'bench-worker', region: 'bench', addr: `127.0.0.1:${workerBackhaul}` }, { hostId: 'bench-edge', region: 'bench', addr: `127.0.0.1:${await freePort()}` }]
+  const worker = await launch(process.execPath, [PROXY_CHILD, JSON.stringify({ machines: [remoteMachine], caDir: join(workDir, 'ca-worker'), hostId: 'bench-worker', ports: [], backhaul: { clusterCaDir, listenPort: workerBackhaul, peers: [] } })], (o) => o.includes('ready'))
+  const edge = await launch(process.execPath, [PROXY_CHILD, JSON.stringify({ machines: [remoteMachine], caDir: join(workDir, 'ca-edge'), hostId: 'bench-edge', backhaul: { clusterCaDir, peers } })], (o) => o.includes('ready'))
+  targets.push({ name: 'backhaul', httpPort: edgeHttp, tcpPort: edgeTcp, pids: () => [edge.pid!, worker.pid!] })
+
   // HAProxy: leastconn with a per-server maxconn, the same job (http and tcp modes).
   const haHttp = await freePort()
   const haTcp = await freePort()
@@ -235,6 +250,7 @@ ${stream ? `stream { server { listen 127.0.0.1:${ngTcp}; proxy_pass 127.0.0.1:${
   // Memory first, on fresh processes (before load leaves garbage behind).
   const memory = new Map<string, number>()
   for (const t of targets.slice(1)) {
+    if (t.name === 'backhaul') continue // two processes and a link: not comparable with one proxy
     memory.set(t.name, await idleMemory(t))
     process.stderr.write(`  memory ${t.name}: ${memory.get(t.name)!.toFixed(1)} MB for ${IDLE} idle connections\n`)
   }
@@ -274,7 +290,7 @@ ${stream ? `stream { server { listen 127.0.0.1:${ngTcp}; proxy_pass 127.0.0.1:${
     const rps = med(t.name, (r) => r.rps)
     const mbps = tcp.has(t.name) ? median(tcp.get(t.name)!) : NaN
     const mem = memory.get(t.name)
-    lines.push(`| ${t.name === 'direct' ? 'straight to nginx' : t.name === 'hangar' ? 'Hangar proxy' : t.name === 'haproxy' ? 'HAProxy (leastconn, maxconn)' : 'nginx reverse proxy'} | ${rps.toFixed(0)} | ${(rps / direct).toFixed(2)} | ${(rps / ha).toFixed(2)} | ${med(t.name, (r) => r.p50).toFixed(2)} | ${med(t.name, (r) => r.p99).toFixed(2)} | ${Number.isNaN(mbps) ? 'n/a' : mbps.toFixed(0)} | ${Number.isNaN(mbps) ? 'n/a' : (mbps / haTcpMbps).toFixed(2)} | ${mem === undefined ? '—' : `${mem.toFixed(1)} MB`} |`)
+    lines.push(`| ${t.name === 'direct' ? 'straight to nginx' : t.name === 'hangar' ? 'Hangar proxy' : t.name === 'backhaul' ? 'Hangar edge → backhaul → worker' : t.name === 'haproxy' ? 'HAProxy (leastconn, maxconn)' : 'nginx reverse proxy'} | ${rps.toFixed(0)} | ${(rps / direct).toFixed(2)} | ${(rps / ha).toFixed(2)} | ${med(t.name, (r) => r.p50).toFixed(2)} | ${med(t.name, (r) => r.p99).toFixed(2)} | ${Number.isNaN(mbps) ? 'n/a' : mbps.toFixed(0)} | ${Number.isNaN(mbps) ? 'n/a' : (mbps / haTcpMbps).toFixed(2)} | ${mem === undefined ? '—' : `${mem.toFixed(1)} MB`} |`)
   }
   process.stdout.write(lines.join('\n') + '\n')
   void backend

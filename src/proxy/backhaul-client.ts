@@ -31,6 +31,8 @@ const PING_TIMEOUT_MS = 10_000
 const EARLY_PINGS = 5
 const EARLY_PING_INTERVAL_MS = 100
 const REPORT_STREAM_RETRY_MS = 250
+/** How long a tunnel ended with END_STREAM may take to close before it is reset. */
+const FINISH_TIMEOUT_MS = 5000
 
 export interface BackhaulClientOptions<M extends LoadedMachine> {
   identity: BackhaulIdentity
@@ -55,6 +57,9 @@ interface PeerLink {
   pingTimer: NodeJS.Timeout | undefined
   retryTimer: NodeJS.Timeout | undefined
   reportTimer: NodeJS.Timeout | undefined
+  /** Reset budget (takeResetToken): tokens and when they were last refilled. */
+  resetTokens: number
+  resetRefilledAt: number
   backoffMs: number
   lastError: string
   removed: boolean
@@ -91,7 +96,7 @@ export class BackhaulClient<M extends LoadedMachine> {
       if (this.links.has(hostId)) continue
       const link: PeerLink = {
         peer, session: undefined, up: false, rtt: new RttEstimator(), publishedRtt: undefined, pingsSent: 0,
-        pingTimer: undefined, retryTimer: undefined, reportTimer: undefined, backoffMs: RECONNECT_MIN_MS, lastError: '', removed: false,
+        pingTimer: undefined, retryTimer: undefined, reportTimer: undefined, resetTokens: RESET_BURST, resetRefilledAt: Date.now(), backoffMs: RECONNECT_MIN_MS, lastError: '', removed: false,
       }
       this.links.set(hostId, link)
       this.open(link)
@@ -163,6 +168,18 @@ export class BackhaulClient<M extends LoadedMachine> {
       this.openReports(link)
     })
     session.on('error', (err: NodeJS.ErrnoException) => this.note(link, err.code ? `${err.code}: ${err.message}` : err.message))
+    // The worker is going away (restart) or ended the session: streams it accepted finish on the
+    // old session, new ones go on a new one at once (make before break).
+    session.on('goaway', () => {
+      if (link.session !== session || this.closed || link.removed) return
+      const wasUp = link.up
+      link.session = undefined
+      link.up = false
+      clearTimeout(link.pingTimer)
+      clearTimeout(link.reportTimer)
+      if (wasUp) this.options.logger.info('backhaul session ended by the peer; opening a new one', { peer: expected })
+      this.open(link)
+    })
     session.on('close', () => {
       if (link.session !== session) return
       this.down(link)
@@ -272,6 +289,29 @@ export class BackhaulClient<M extends LoadedMachine> {
     const socket = stream as unknown as UpstreamSocket & http2.ClientHttp2Stream
     // Frames go out as written (the session's socket has TCP_NODELAY); nothing to set per stream.
     socket.setNoDelay = returnThis
+    // A tunnel the data path is done with ends with END_STREAM, not RST_STREAM: the worker then
+    // ends the Machine connection and the stream closes on both sides. nghttp2's rapid-reset guard
+    // (CVE-2023-44487; Node 20 cannot configure it) ends a session that receives more than ~1000
+    // resets in a burst, which a busy edge finishing one stream per request would otherwise do.
+    // Bytes still arriving after that (the Machine was mid-response) get a reset from the link's
+    // reset budget, or are dropped until one is available.
+    let finishing = false
+    const reset = stream.destroy.bind(stream)
+    const resetWithinBudget = () => {
+      if (stream.destroyed || stream.closed) return
+      if (takeResetToken(found.link)) { reset(); return }
+      setTimeout(resetWithinBudget, 100).unref()
+    }
+    socket.destroy = function (this: typeof socket, error?: Error): typeof socket {
+      if (finishing || stream.destroyed || stream.closed) return this
+      if (error !== undefined) { reset(error); return this }
+      finishing = true
+      stream.end()
+      let dropping = false
+      stream.on('data', () => { if (!dropping) { dropping = true; resetWithinBudget() } })
+      setTimeout(resetWithinBudget, FINISH_TIMEOUT_MS).unref()
+      return this
+    }
     if (options.onread !== undefined) {
       const onread = options.onread
       stream.on('data', (chunk: Buffer) => { onread.callback(chunk.length, chunk) })
@@ -287,7 +327,12 @@ export class BackhaulClient<M extends LoadedMachine> {
         stream.emit('connect')
         return
       }
-      stream.destroy(this.refusal(worker, key, status, headers, load))
+      // The worker ended its side with the refusal; ending ours closes the stream without a reset.
+      const error = this.refusal(worker, key, status, headers, load)
+      finishing = true
+      stream.end()
+      if (stream.listenerCount('error') > 0) stream.emit('error', error)
+      setTimeout(() => reset(), FINISH_TIMEOUT_MS).unref()
     })
     return socket
   }
@@ -324,7 +369,9 @@ export class BackhaulClient<M extends LoadedMachine> {
         const error = responseHeaders[BACKHAUL_HEADER.error]
         if (refusal !== undefined || error !== undefined) {
           const err = this.refusal(worker, key, status, responseHeaders, load)
-          stream.destroy()
+          // The worker ended the stream; ending ours closes it without a reset (see connect()).
+          stream.end()
+          stream.resume()
           reject(err)
           return
         }
@@ -361,6 +408,19 @@ export class BackhaulClient<M extends LoadedMachine> {
 }
 
 function returnThis<T>(this: T): T { return this }
+
+/** Stream resets an edge may send a worker: a burst of RESET_BURST, then RESET_RATE a second —
+ * under nghttp2's default guard (1000, then 33 a second), which would end the whole session. */
+const RESET_BURST = 500
+const RESET_RATE = 30
+function takeResetToken(link: { resetTokens: number; resetRefilledAt: number }): boolean {
+  const now = Date.now()
+  link.resetTokens = Math.min(RESET_BURST, link.resetTokens + ((now - link.resetRefilledAt) / 1000) * RESET_RATE)
+  link.resetRefilledAt = now
+  if (link.resetTokens < 1) return false
+  link.resetTokens--
+  return true
+}
 
 /** A socket that fails at once (no link to the Machine's host): 'error' then 'close', as a
  * refused TCP connect would. */

@@ -72,6 +72,10 @@ export class BackhaulServer {
       allowHTTP1: false,
       settings: { initialWindowSize: STREAM_WINDOW_BYTES, maxConcurrentStreams: 100_000 },
       maxSessionMemory: MAX_SESSION_MEMORY_MB,
+      // nghttp2's "rapid reset" guard (CVE-2023-44487) ends a session whose client resets more
+      // than 1000 streams in a burst: a busy edge does that legitimately (clients that leave
+      // mid-response), and only authenticated cluster members get here.
+      ...({ streamResetBurst: 1_000_000, streamResetRate: 100_000 } as object),
     })
     this.server.on('connection', (socket: net.Socket) => socket.setNoDelay(true))
     this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {

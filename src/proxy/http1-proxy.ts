@@ -335,11 +335,12 @@ export class Http1Connection {
       return
     }
     const key = `${entry.upstreamHost}:${entry.upstreamPort}`
-    const target: UpstreamTarget = { machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }
-    const reusable = this.ctx.transport.reusable?.(target) ?? true
+    const transport = this.ctx.transport
+    // (No target object per request on one host: LocalTransport connections are always reusable.)
+    const reusable = transport.reusable === undefined || transport.reusable({ machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort })
     let upstream = head.upgrade === '' && reusable ? this.pool.take(key) : undefined
     if (upstream === undefined) {
-      upstream = new UpstreamConn(this.ctx.transport, target, key, reusable)
+      upstream = new UpstreamConn(transport, { machine: entry.route, host: entry.upstreamHost, port: entry.upstreamPort }, key, reusable)
     } else {
       upstream.reused = true
     }
