@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { isInvalidArgument, silentLogger } from '../core/index.js'
 import { parseProxyArgs, runProxyProcess } from './process.js'
+import { hostIdOfCertificate, issueHostCertificate, loadBackhaulIdentity } from './backhaul-identity.js'
+import { X509Certificate } from 'node:crypto'
 
 test('parseProxyArgs: every flag, both spellings, and typed errors', () => {
   const flags = parseProxyArgs(['--region', 'ams', '--host-id=h1', '--domain', 'apps.example', '--ca-dir', '/tmp/ca', '--listen', '127.0.0.1',
@@ -78,4 +80,49 @@ test('runProxyProcess with --routes-file serves, follows file changes, and stops
   assert.ok(refused, 'a stopped Machine (autostart off) gets no connections once the file says so')
   abort.abort()
   await running
+})
+
+test('parseProxyArgs: backhaul flags, IPv6 listen address, and what needs --cluster-ca', () => {
+  const flags = parseProxyArgs(['--region', 'ams', '--host-id', 'h1', '--cluster-ca', '/etc/hangar/cluster-ca', '--backhaul-listen', '[fdaa:ffff:0:1::1]:4003',
+    '--peers-file', 'peers.json', '--backhaul-cert', 'h1.crt', '--backhaul-key', 'h1.key'])
+  assert.deepEqual(flags.backhaulListen, { host: 'fdaa:ffff:0:1::1', port: 4003 })
+  assert.equal(flags.clusterCaDir, '/etc/hangar/cluster-ca')
+  assert.equal(flags.peersFile, 'peers.json')
+  assert.equal(flags.backhaulCert, 'h1.crt')
+  assert.equal(flags.backhaulKey, 'h1.key')
+  for (const [argv, message] of [
+    [['--backhaul-listen', '127.0.0.1:4003'], /--backhaul-listen needs --cluster-ca/],
+    [['--peers-file', 'p.json'], /--peers-file needs --cluster-ca/],
+    [['--cluster-ca', 'ca', '--backhaul-listen', '4003'], /--backhaul-listen: "4003" is not host:port/],
+    [['--cluster-ca', 'ca', '--backhaul-cert', 'c.crt'], /--backhaul-cert and --backhaul-key go together/],
+  ] as Array<[string[], RegExp]>) {
+    assert.throws(() => parseProxyArgs(['--region', 'ams', '--host-id', 'h', ...argv]), (err: unknown) => isInvalidArgument(err) && message.test((err as Error).message), argv.join(' '))
+  }
+})
+
+test('backhaul identity: one cluster CA shared by hosts started together; certificates name their host', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hangar-backhaul-identity-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const caDir = join(dir, 'ca')
+  // Four hosts racing to create the CA in one directory end up with the same one.
+  const identities = await Promise.all(['a', 'b', 'c', 'd'].map((hostId) => loadBackhaulIdentity({ caDir, hostId })))
+  assert.equal(new Set(identities.map((i) => i.caPem)).size, 1)
+  for (const identity of identities) {
+    const cert = new X509Certificate(identity.certPem)
+    assert.equal(cert.subject, `CN=${identity.hostId}`)
+    assert.ok(cert.verify(new X509Certificate(identity.caPem).publicKey), 'signed by the cluster CA')
+    assert.equal(hostIdOfCertificate({ subject: { CN: identity.hostId } } as never), identity.hostId)
+  }
+  assert.equal(hostIdOfCertificate({ subject: { CN: 'bad name!' } } as never), undefined)
+  assert.equal(hostIdOfCertificate(undefined), undefined)
+  // An operator-issued certificate must name this host.
+  const { readFile } = await import('node:fs/promises')
+  const issued = await issueHostCertificate(identities[0]!.caPem, await readFile(join(caDir, 'ca.key'), 'utf8'), 'other')
+  await writeFile(join(dir, 'h.crt'), issued.certPem)
+  await writeFile(join(dir, 'h.key'), issued.keyPem)
+  await assert.rejects(loadBackhaulIdentity({ caDir, hostId: 'a', certFile: join(dir, 'h.crt'), keyFile: join(dir, 'h.key') }), (err: unknown) => isInvalidArgument(err) && /names host "other"/.test((err as Error).message))
+  const own = await loadBackhaulIdentity({ caDir, hostId: 'other', certFile: join(dir, 'h.crt'), keyFile: join(dir, 'h.key') })
+  assert.equal(own.certPem, issued.certPem)
+  await assert.rejects(loadBackhaulIdentity({ caDir, hostId: 'a b' }), (err: unknown) => isInvalidArgument(err))
+  await assert.rejects(loadBackhaulIdentity({ caDir: join(dir, 'none'), hostId: 'a', create: false }), (err: unknown) => isInvalidArgument(err) && /no cluster CA/.test((err as Error).message))
 })
