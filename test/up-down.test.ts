@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import { request } from 'node:http'
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,6 +17,19 @@ const run = promisify(execFile)
 function alive(pid: number): boolean {
   try { process.kill(pid, 0) } catch { return false }
   try { const stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z' } catch { return false }
+}
+
+function httpGet(address: string, host: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: address, port: 80, path: '/', headers: { host }, timeout: 10_000 }, (res) => {
+      let body = ''
+      res.on('data', (chunk) => { body += chunk })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.on('timeout', () => req.destroy(new Error('timeout')))
+    req.end()
+  })
 }
 
 function pidFiles(dir: string): string[] {
@@ -147,10 +161,19 @@ test('hangar up --hosts 3 --regions: a local cluster in network namespaces, one 
     return res.status === 200 ? res.text() : undefined
   }, 20_000)
   assert.equal(body, 'Hello from a Hangar Machine!\n')
+  // An app whose only Machine is in fra answers at the ams proxy: the edge sends it over the backhaul.
+  await hangar('apps', 'create', 'far')
+  await hangar('machine', 'run', `${state.registry}/hangar/hello`, '-a', 'far', '-r', 'fra', '-p', '80:8080/tcp:http', '--json')
+  // (fetch() does not let a caller set Host: node:http does.)
+  const far = await eventually('an answer from fra through the ams proxy', async () => {
+    const res = await httpGet(state.hosts[0].proxy_addr, 'far.hangar.local')
+    return res.status === 200 ? res : undefined
+  }, 30_000)
+  assert.equal(far.body, 'Hello from a Hangar Machine!\n')
   const netnsBefore = readdirSync('/var/run/netns').filter((n) => n.startsWith('hgu-'))
   assert.ok(netnsBefore.length >= 4, 'a hub and three host namespaces')
   const { stdout: downOut } = await hangar('down', '--data-dir', dir, '--json')
-  assert.equal(JSON.parse(downOut).machinesStopped, 3)
+  assert.equal(JSON.parse(downOut).machinesStopped, 4)
   const left = readdirSync('/var/run/netns').filter((n) => netnsBefore.includes(n))
   assert.deepEqual(left, [], 'down removed the namespaces')
   for (const host of state.hosts) assert.equal(alive(host.pid), false)

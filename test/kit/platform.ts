@@ -89,7 +89,7 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
     const gossipPort = await freePort()
     const catalogArgs = async (join: string[]) => ['--catalog-port', String(await freePort()), '--catalog-api-port', String(await freePort()), ...(join.length ? ['--join', join.join(',')] : [])]
     host = spawn(process.execPath, ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', hostDir, '--region', region, '--nats', nats.url, '--machine-subnet', randomSubnet(), '--max-restart-backoff', '500ms', '--proxy-listen', proxyAddr,
-      '--catalog-port', String(gossipPort), '--catalog-api-port', String(await freePort()), ...(options.hostArgs ?? [])], {
+      '--catalog-port', String(gossipPort), '--catalog-api-port', String(await freePort()), '--backhaul-port', String(await freePort()), ...(options.hostArgs ?? [])], {
       stdio: ['ignore', log, log], env: { ...process.env, HANGAR_AGENT_CRASH_POINTS: crashPointsFile, HANGAR_SKIP_SETUP: '1' },
     })
     closeSync(log)

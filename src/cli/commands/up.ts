@@ -9,6 +9,7 @@ import { hostIdFor } from '../../agent/index.js'
 import { cleanupHost } from '../../host/index.js'
 import { createNetnsStar, defaultMachineSubnet, removeNetnsStar } from '../../network/index.js'
 import { pushBusyboxImage, pushHttpServerImage } from '../../images/index.js'
+import { createClusterCa } from '../../proxy/index.js'
 import { runCommand } from '../../core/command.js'
 import { configPath, defaultDataDir, writeConfig } from '../config.js'
 import { info, printJson } from '../output.js'
@@ -180,10 +181,15 @@ export async function up(options: UpOptions): Promise<UpState> {
     const token = readFileSync(tokenFile, 'utf8').trim()
 
     const gossipPort = cluster ? 4001 : await freePort()
+    // Every host's proxy must trust the same cluster CA for the backhaul between them; made once
+    // here, before the hosts start (they would each make their own otherwise).
+    const clusterCa = join(dataDir, 'cluster-ca')
+    await createClusterCa(clusterCa)
     for (const host of hosts) {
       const args = ['--enable-source-maps', CLI_MAIN, 'host', '--data-dir', host.hostDir, '--region', host.region, '--nats', natsUrl,
         '--autostop-interval', options.autostopInterval ?? '3m', '--proxy-listen', host.proxyAddr, '--host-address', host.addr,
         '--catalog-port', String(gossipPort), '--catalog-api-port', String(catalogApiPort), '--catalog-api-addr', host.addr,
+        '--cluster-ca', clusterCa, '--backhaul-port', String(cluster ? 4003 : await freePort()),
         ...(star ? ['--insecure-registry', registry.host] : ['--machine-subnet', await pickMachineSubnet(host.hostId)]),
         ...(host.index > 0 ? ['--join', `${hosts[0]!.addr}:${gossipPort}`] : [])]
       const key = host.index === 0 ? 'host' : `host-${host.index}`
