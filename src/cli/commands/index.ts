@@ -14,8 +14,9 @@ import { registerDeploy } from './deploy.js'
 import { registerScale } from './scale.js'
 import { registerStatus } from './status.js'
 import { registerReleases } from './releases.js'
+import { registerDns } from './dns.js'
 
 // Every `hangar` subcommand group registers itself here; one line per part.
 export type RegisterCommands = (program: Command) => void
 
-export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerProxy, registerCatalogCommand, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases]
+export const commandGroups: RegisterCommands[] = [registerUp, registerDaemons, registerApps, registerMachines, registerLogs, registerProxy, registerCatalogCommand, registerOrgs, registerTokens, registerSecrets, registerLaunch, registerDeploy, registerScale, registerStatus, registerReleases, registerDns]
