@@ -105,12 +105,16 @@ test('hangar up --detach --json and hangar down: two instances never collide, th
 test('hangar up in the foreground runs until interrupted, then takes everything down', { timeout: 120_000 }, async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'hangar-up-fg-'))
   const dir = join(root, 'data')
-  t.after(() => rmSync(root, { recursive: true, force: true }))
   const { spawn } = await import('node:child_process')
   const child = spawn(process.execPath, [CLI_MAIN, 'up', '--data-dir', dir], { env: { ...process.env, HANGAR_SKIP_SETUP: '1', HANGAR_CONFIG: join(root, 'config.json') } })
   let output = ''
   child.stderr.on('data', (chunk) => { output += chunk })
-  t.after(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  // Whatever happens, nothing `up` started outlives the test.
+  t.after(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+    await run(process.execPath, [CLI_MAIN, 'down', '--data-dir', dir], { env: { ...process.env, HANGAR_SKIP_SETUP: '1', HANGAR_CONFIG: join(root, 'config.json') } }).catch(() => undefined)
+    rmSync(root, { recursive: true, force: true })
+  })
   const deadline = Date.now() + 60_000
   while (!output.includes('Press Ctrl-C') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50))
   assert.match(output, /Machines API\s+http:\/\/127\.0\.0\.1:\d+/)
