@@ -1,4 +1,5 @@
 import { spawn, type SpawnOptions } from 'node:child_process'
+import { commandShell } from './command-shell.js'
 
 // Running the host's tools (ip, mount, crun, conmon). One helper so every call has a timeout,
 // captures output for the error message, and never throws an unhandled 'error' event.
@@ -31,6 +32,13 @@ export interface RunOptions {
 }
 
 export function runCommand(command: string, args: readonly string[], options: RunOptions = {}): Promise<CommandResult> {
+  const shell = commandShell()
+  if (shell && options.env === undefined) {
+    return shell.run(command, args, options).then((result) => {
+      if (result.code !== 0 && !options.allowFailure) throw new CommandError(command, args, result)
+      return result
+    })
+  }
   const maxOutput = options.maxOutputBytes ?? 4 * 1024 * 1024
   return new Promise((resolve, reject) => {
     const spawnOptions: SpawnOptions = { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env, cwd: options.cwd }

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process'
+import { runCommand } from '../core/command.js'
 import { readFileSync } from 'node:fs'
 import { mkdir, readdir, realpath, rename, rm, rmdir, stat, symlink, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
@@ -262,12 +262,9 @@ function sameList(a: string[], b: string[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i])
 }
 
-function run(command: string, args: string[], cwd?: string): Promise<void> {
-  return new Promise((resolvePromise, reject) => {
-    execFile(command, args, { cwd, timeout: 30_000 }, (err, _stdout, stderr) => {
-      if (!err) return resolvePromise()
-      const detail = (stderr || err.message).trim().split('\n')[0]
-      reject(new InternalError(`${command} ${args.join(' ')} failed: ${detail}`, { cause: err }))
-    })
-  })
+async function run(command: string, args: string[], cwd?: string): Promise<void> {
+  const result = await runCommand(command, args, { cwd, timeoutMs: 30_000, allowFailure: true }).catch((err: Error) => ({ code: -1, stderr: err.message, stdout: '' }))
+  if (result.code === 0) return
+  const detail = (result.stderr || `exit ${result.code}`).trim().split('\n')[0]
+  throw new InternalError(`${command} ${args.join(' ')} failed: ${detail}`)
 }
