@@ -198,6 +198,15 @@ export class AgentStore {
     return this.statements.liveMachines.all().map(toMachine)
   }
 
+  /** How many live Machines there are and the CPUs and memory their configs ask for. */
+  liveUsage(defaultCpus: number, defaultMemoryMb: number): { machines: number; cpus: number; memoryMb: number } {
+    const row = this.db.prepare(`SELECT COUNT(*) AS machines,
+        COALESCE(SUM(COALESCE(json_extract(config, '$.guest.cpus'), ?)), 0) AS cpus,
+        COALESCE(SUM(COALESCE(json_extract(config, '$.guest.memory_mb'), ?)), 0) AS memoryMb
+      FROM machines WHERE state != 'destroyed'`).get(defaultCpus, defaultMemoryMb) as { machines: number; cpus: number; memoryMb: number }
+    return row
+  }
+
   isNameTaken(app: string, name: string): boolean {
     return this.statements.nameTaken.get(app, name) !== undefined
   }

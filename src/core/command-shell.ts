@@ -84,7 +84,8 @@ export class CommandShell {
     pending.resolve(result)
   }
 
-  run(command: string, args: readonly string[], options: { input?: string | Buffer; cwd?: string; timeoutMs?: number; maxOutputBytes?: number } = {}): Promise<CommandResult> {
+  /** `env` adds variables for this command only; `fd3` opens that file as the command's fd 3. */
+  run(command: string, args: readonly string[], options: { input?: string | Buffer; cwd?: string; timeoutMs?: number; maxOutputBytes?: number; env?: Record<string, string>; fd3?: string } = {}): Promise<CommandResult> {
     const shell = this.ensure()
     const id = this.nextId++
     const base = join(this.dir, String(id))
@@ -94,7 +95,9 @@ export class CommandShell {
       stdin = `${base}.in`
     }
     const cd = options.cwd ? `cd ${quote(options.cwd)} && ` : ''
-    const line = `{ (echo "P ${id} $BASHPID"; ${cd}exec ${[command, ...args].map(quote).join(' ')} <${quote(stdin)} >${quote(`${base}.out`)} 2>${quote(`${base}.err`)}); echo "D ${id} $?"; } &\n`
+    const env = Object.entries(options.env ?? {}).map(([k, v]) => { if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`); return `export ${k}=${quote(v)}; ` }).join('')
+    const fd3 = options.fd3 ? ` 3>${quote(options.fd3)}` : ''
+    const line = `{ (echo "P ${id} $BASHPID"; ${cd}${env}exec ${[command, ...args].map(quote).join(' ')} <${quote(stdin)} >${quote(`${base}.out`)} 2>${quote(`${base}.err`)}${fd3}); echo "D ${id} $?"; } &\n`
     return new Promise((resolve, reject) => {
       const pending: Pending = { resolve, reject, maxOutputBytes: options.maxOutputBytes ?? 4 * 1024 * 1024 }
       if (options.timeoutMs) {

@@ -34,7 +34,7 @@ export interface RunOptions {
 export function runCommand(command: string, args: readonly string[], options: RunOptions = {}): Promise<CommandResult> {
   const shell = commandShell()
   if (shell && options.env === undefined) {
-    return shell.run(command, args, options).then((result) => {
+    return shell.run(command, args, { input: options.input, cwd: options.cwd, timeoutMs: options.timeoutMs, maxOutputBytes: options.maxOutputBytes }).then((result) => {
       if (result.code !== 0 && !options.allowFailure) throw new CommandError(command, args, result)
       return result
     })

@@ -43,7 +43,10 @@ export interface HostOptions {
 const CLI_MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url))
 
 export function cliComponent(name: string, args: string[], env?: NodeJS.ProcessEnv): ComponentSpec {
-  return { name, command: process.execPath, args: ['--enable-source-maps', CLI_MAIN, ...args], env: { ...process.env, ...env } }
+  // HANGAR_PROFILE_DIR=<dir> writes a V8 CPU profile of every component when it exits (for finding
+  // where a host spends its CPU; Node 20 refuses --cpu-prof in NODE_OPTIONS).
+  const profile = process.env.HANGAR_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.HANGAR_PROFILE_DIR}`] : []
+  return { name, command: process.execPath, args: ['--enable-source-maps', ...profile, CLI_MAIN, ...args], env: { ...process.env, ...env } }
 }
 
 /** This machine's first global IPv4 address: where other hosts reach its WireGuard by default. */

@@ -4,7 +4,7 @@ import { readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { runCommand } from '../core/command.js'
-import { InternalError, signalNumber, type ExecResponse, type Logger, type ProcessStat, silentLogger } from '../core/index.js'
+import { InternalError, commandShell, signalNumber, type CommandShell, type ExecResponse, type Logger, type ProcessStat, silentLogger } from '../core/index.js'
 import { detectCgroups, prepareCgroups, readOomKills, type CgroupInfo } from './cgroups.js'
 import type { GuestExit, GuestSpec, GuestStatus, RuntimeDriver } from './driver.js'
 import { buildOciConfig } from './oci-spec.js'
@@ -98,8 +98,13 @@ export class CrunDriver implements RuntimeDriver {
   /** Starts conmon, which runs `crun create`, and waits on conmon's sync pipe for the guest's pid
    * (conmon API v1 writes `{"data": pid}` there, or `{"data": -1, "message": …}` on failure). */
   private createUnderConmon(spec: GuestSpec): Promise<number> {
+    const shell = commandShell()
+    return shell ? this.createUnderConmonViaShell(spec, shell) : this.createUnderConmonDirect(spec)
+  }
+
+  private conmonArgs(spec: GuestSpec): string[] {
     const id = spec.machineId
-    const args = [
+    return [
       '--api-version', '1', '-c', id, '-u', id, '-n', id,
       '-r', this.crun, '--runtime-arg', '--root', '--runtime-arg', this.crunRoot,
       '-b', spec.bundleDir, '-p', join(spec.bundleDir, 'pid'), '-P', join(spec.bundleDir, 'conmon.pid'),
@@ -108,6 +113,35 @@ export class CrunDriver implements RuntimeDriver {
       // conmon drops an `oom` marker in its persist dir when the guest is OOM-killed; keep it with the bundle.
       '--persist-dir', spec.bundleDir,
     ]
+  }
+
+  /** The same through the agent's command shell (no fork of the agent): conmon's sync "pipe" is
+   * a file it writes `{"data": pid}` into once the guest is created; the agent waits for it. */
+  private async createUnderConmonViaShell(spec: GuestSpec, shell: CommandShell): Promise<number> {
+    const syncFile = join(spec.bundleDir, 'conmon.sync')
+    writeFileSync(syncFile, '')
+    const started = await shell.run(this.conmon, this.conmonArgs(spec), { cwd: spec.bundleDir, env: { _OCI_SYNCPIPE: '3' }, fd3: syncFile, timeoutMs: 30_000 })
+    if (started.code !== 0) throw new InternalError(`conmon failed to start the guest: ${(started.stderr || `exit ${started.code}`).trim()}`)
+    const deadline = Date.now() + 30_000
+    for (let wait = 1; ; wait = Math.min(wait * 2, 20)) {
+      const text = readFileSync(syncFile, 'utf8')
+      const newline = text.indexOf('\n')
+      if (newline >= 0 || text.endsWith('}')) {
+        let message: { data?: number; message?: string }
+        try { message = JSON.parse(newline >= 0 ? text.slice(0, newline) : text) } catch { message = {} }
+        if (typeof message.data === 'number' && message.data > 0) return message.data
+        if (message.data !== undefined) throw new InternalError(`the guest could not be created: ${(message.message ?? '').trim() || 'crun create failed'}`)
+      }
+      if (Date.now() > deadline) throw new InternalError('conmon did not report the guest within 30 s')
+      if (await this.monitorGone(spec.bundleDir) && existsSync(join(spec.bundleDir, 'conmon.pid')) && readFileSync(syncFile, 'utf8') === '') {
+        throw new InternalError('conmon exited before reporting the guest')
+      }
+      await new Promise((r) => setTimeout(r, wait))
+    }
+  }
+
+  private createUnderConmonDirect(spec: GuestSpec): Promise<number> {
+    const args = this.conmonArgs(spec)
     return new Promise((resolve, reject) => {
       const child = spawn(this.conmon, args, {
         cwd: spec.bundleDir,
