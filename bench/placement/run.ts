@@ -86,6 +86,9 @@ async function main() {
         direct.push(ms(t))
       }
       const fmt = (v: number) => `${v.toFixed(1)} ms`
+      // Leave the hosts empty for the next size (each host has a /24 of private addresses).
+      const made = await (await fetch(`${api.url}/v1/apps/placement/machines`, { headers: { authorization: `Bearer ${token}` } })).json() as Machine[]
+      for (const machine of made) await fetch(`${api.url}/v1/apps/placement/machines/${machine.id}?force=true`, { method: 'DELETE', headers: { authorization: `Bearer ${token}` } })
       rows.push(`| ${size} | ${fmt(quantile(marketOnly, 0.5))} | ${fmt(quantile(marketOnly, 0.99))} | ${fmt(quantile(throughApi, 0.5))} | ${fmt(quantile(throughApi, 0.99))} | ${fmt(quantile(direct, 0.5))} | ${(quantile(throughApi, 0.5) / quantile(direct, 0.5)).toFixed(2)}× |`)
     }
     process.stdout.write([

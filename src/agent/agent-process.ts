@@ -126,7 +126,13 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
   }
   // The host's side of the placement market: offers and short reservations (DESIGN "Placement").
   const ledger = new ReservationLedger()
-  const resources = () => { const i = info(); return { capacity: i.capacity, used: { cpus: i.usage.cpus, memoryMb: i.usage.memoryMb } } }
+  const resources = () => {
+    const i = info()
+    const used = { cpus: i.usage.cpus, memoryMb: i.usage.memoryMb }
+    // A host out of private addresses is full whatever its CPUs and memory say.
+    const addressesLeft = agent.usage().addressesFree - ledger.size()
+    return { capacity: addressesLeft > 0 ? i.capacity : used, used }
+  }
   const stopOffers = serveOffers({ bus, hostId, region: options.region, ledger, resources, logger })
   const stopServing = serveAgent({ agent, bus, info, logger, ledger, resources })
   // The catalog learns this host and every Machine it holds now (they may have changed while it
