@@ -289,9 +289,10 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         stop: async (signal = 'SIGTERM') => {
           const child = hostChildren.get(index)
           if (signal === 'SIGKILL') {
-            // A crash of the whole host: supervisor, agent and proxy at once (Machines and the
-            // mesh device survive, as on a real machine whose hangar processes were killed).
-            const pids = [child?.pid, readPid(join(dataDir, 'agent.pid')), readPid(join(dataDir, 'proxy.pid'))].filter((pid): pid is number => pid !== undefined)
+            // A crash of the whole host: supervisor, agent, proxy and catalog node at once
+            // (Machines and the mesh device survive, as on a real machine whose hangar processes
+            // were killed).
+            const pids = [child?.pid, ...['agent.pid', 'proxy.pid', 'catalog.pid', 'dns.pid'].map((f) => readPid(join(dataDir, f)))].filter((pid): pid is number => pid !== undefined)
             for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } }
             if (child && child.exitCode === null && child.signalCode === null) await new Promise<void>((resolve) => child.once('exit', () => resolve()))
             await waitFor(`${host.name}'s processes to die`, () => pids.every((pid) => !isRunning(pid)), 10_000)
