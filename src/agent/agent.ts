@@ -10,7 +10,7 @@ import {
 import type { GuestExit, RuntimeDriver } from '../runtime/index.js'
 import { open as openSealed, randomKey, seal, SealedBoxError } from '../auth/index.js'
 import {
-  ensureBridge, gatewayIpv4, hostNumber, ipv4Capacity, machineIpv4, parseCidr, setupMachineNetwork, sixpnAddress,
+  ensureBridge, gatewayIpv4, hostNumber, hostResolverAddress, ipv4Capacity, machineIpv4, parseCidr, setupMachineNetwork, sixpnAddress,
   teardownMachineNetwork, listMachineNetns, type Ipv4Subnet,
 } from '../network/index.js'
 import { AgentStore, type MachineRow, type OperationKind, type OperationRow } from './store.js'
@@ -41,6 +41,9 @@ export interface AgentOptions {
   logMaxBytes?: number
   /** Crash injection for the crash tests: a file of `kind:step:begin|done` lines. */
   crashPointsFile?: string
+  /** The host runs `.internal` DNS on its resolver address (`hangar host` sets
+   * HANGAR_INTERNAL_DNS=1 for its agent when it runs `hangar dns`). */
+  internalDns?: boolean
 }
 
 interface StepContext {
@@ -86,7 +89,7 @@ export class Agent {
   private readonly checks = new Map<string, MachineChecks>()
   private readonly images = new Map<string, AgentImage>()
   private readonly tailer: LogTailer
-  private readonly nameservers = hostNameservers()
+  private readonly nameservers: string[]
   private stopExitWatch: (() => void) | undefined
   private closed = false
   /** Seals each Machine's secrets in agent.db (issue 5); the key file never leaves the host. */
@@ -96,6 +99,10 @@ export class Agent {
     this.logger = options.logger ?? silentLogger
     this.store = new AgentStore(join(options.dataDir, 'agent.db'))
     this.subnet = parseCidr(options.machineSubnet)
+    // reference §3.3: Machines resolve through the platform's DNS (`.internal` names, the rest
+    // forwarded) when the host runs it, at the host's own resolver address on the bridge
+    // (src/network/dns-resolver-address.ts); otherwise through the host's resolvers.
+    this.nameservers = (options.internalDns ?? process.env.HANGAR_INTERNAL_DNS === '1') ? [hostResolverAddress(options.hostId)] : hostNameservers()
     this.hostNumber = hostNumber(options.hostId)
     this.machinesDir = join(options.dataDir, 'machines')
     mkdirSync(this.machinesDir, { recursive: true })
@@ -105,7 +112,7 @@ export class Agent {
 
   static async open(options: AgentOptions): Promise<Agent> {
     const agent = new Agent(options)
-    await ensureBridge({ name: options.bridge, gatewayCidr: `${gatewayIpv4(agent.subnet)}/${agent.subnet.prefix}` })
+    await ensureBridge({ name: options.bridge, gatewayCidr: `${gatewayIpv4(agent.subnet)}/${agent.subnet.prefix}`, resolverAddress: hostResolverAddress(options.hostId) })
     agent.stopExitWatch = options.driver.onExit((machineId) => agent.onGuestExit(machineId))
     await agent.recover()
     return agent

@@ -112,8 +112,10 @@ export function etcHosts(machine: Pick<MachineRow, 'id' | 'privateIp' | 'ipv4'>)
   ].join('\n')
 }
 
-/** /etc/resolv.conf inside the guest. Fly points it at fdaa::3 (reference §3.3); Hangar uses the
- * configured nameservers (the host's by default) plus the Machine's own `dns` settings. */
+/** /etc/resolv.conf inside the guest. Fly points it at fdaa::3 (reference §3.3); Hangar points it
+ * at the host's own `.internal` resolver address when the host runs DNS (fdaa::3 is served too,
+ * for apps that name it; src/network/dns-resolver-address.ts), else at the host's resolvers; the
+ * Machine's own `dns` settings win. */
 export function resolvConf(config: MachineConfig, hostNameservers: string[]): string {
   const nameservers = config.dns?.nameservers?.length ? config.dns.nameservers : hostNameservers
   const lines = nameservers.map((ns) => `nameserver ${ns}`)

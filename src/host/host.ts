@@ -4,6 +4,7 @@ import { networkInterfaces } from 'node:os'
 import { startHostMesh, type HostMesh } from './host-mesh.js'
 import { fileURLToPath } from 'node:url'
 import { createLogger, InvalidArgumentError } from '../core/index.js'
+import { SIXPN_RESOLVER_ADDRESS, hostResolverAddress } from '../network/index.js'
 import { hostIdFor } from '../agent/index.js'
 import { Supervisor, type ComponentSpec } from './supervisor.js'
 
@@ -37,6 +38,8 @@ export interface HostOptions {
   mesh?: { listenPort: number; endpoint?: string; endpointOverridesFile?: string }
   /** Upper bound of the restart backoff for components that keep dying. */
   maxRestartBackoffMs?: number
+  /** Run `.internal` DNS (`hangar dns`) beside the catalog node (default true; needs a catalog). */
+  dns?: boolean
   extraComponents?: ComponentSpec[]
 }
 
@@ -102,7 +105,15 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
   const hostAddress = (options.hostAddress ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1')
   const backhaulAddr = catalogUrl !== undefined && options.proxyListen !== undefined ? `${hostAddress.includes(':') ? `[${hostAddress}]` : hostAddress}:${backhaulPort}` : undefined
   if (backhaulAddr !== undefined) agentArgs.push('--proxy-addr', backhaulAddr)
-  components.push(cliComponent('agent', agentArgs))
+  // `.internal` DNS reads the catalog (DESIGN "Network"), so it runs with a catalog node, on the
+  // host's resolver address that the agent writes into Machines' resolv.conf and on fdaa::3
+  // (reference §3.3) for apps that name Fly's resolver (src/network/dns-resolver-address.ts).
+  const runDns = catalogUrl !== undefined && options.dns !== false
+  if (runDns) {
+    components.push(cliComponent('dns', ['dns', '--catalog', catalogUrl!, '--host-id', hostId, '--region', options.region,
+      '--listen', `[${hostResolverAddress(hostId)}]:53`, '--listen', `[${SIXPN_RESOLVER_ADDRESS}]:53`]))
+  }
+  components.push(cliComponent('agent', agentArgs, runDns ? { HANGAR_INTERNAL_DNS: '1' } : { HANGAR_INTERNAL_DNS: '0' }))
   if (options.proxyListen !== undefined) {
     const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,
       '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(catalogUrl ? ['--catalog', catalogUrl] : []),

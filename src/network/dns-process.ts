@@ -6,12 +6,9 @@ import { DnsIndex } from './dns-index.js'
 import { startDnsServer, type DnsServer } from './dns-server.js'
 
 // `hangar dns`: the host's `.internal` resolver as its own process (DESIGN "Processes": agent,
-// proxy, catalog node, DNS). `hangar host` runs it beside a catalog node, on the host bridge's
-// IPv4 gateway (what Machines' /etc/resolv.conf names) and on fdaa::3 (Fly's resolver address,
-// reference §3.3, for apps that name it themselves).
-
-/** Fly's resolver address on every Machine (reference §3.3). */
-export const SIXPN_RESOLVER_ADDRESS = 'fdaa::3'
+// proxy, catalog node, DNS). `hangar host` runs it beside a catalog node, on the host's resolver
+// address (what Machines' /etc/resolv.conf names) and on fdaa::3 (Fly's resolver address,
+// reference §3.3, for apps that name it themselves): dns-resolver-address.ts.
 
 export interface DnsProcessOptions {
   catalogUrl: string
@@ -55,7 +52,8 @@ export async function startDnsProcess(options: DnsProcessOptions): Promise<Runni
   const feed = createCatalogDnsFeed(client, index, { logger })
   const server = await startDnsServer({
     index, isReady: () => feed.loaded, listen, hostId: options.hostId, region: options.region, upstreams, ttl: options.ttl,
-    retryBindMs: 500, logger,
+    // The bridge and its addresses appear when the agent starts: bind as soon as they do.
+    retryBindMs: 100, logger,
   })
   logger.info('dns started', { listen: options.listen, upstreams: upstreams.map((u) => `${u.host}:${u.port}`) })
   let closed = false

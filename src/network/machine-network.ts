@@ -1,6 +1,8 @@
 import { existsSync, readdirSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { runCommand } from '../core/command.js'
 import { hostVethName, machineNetnsName } from './addressing.js'
+import { SIXPN_RESOLVER_ADDRESS } from './dns-resolver-address.js'
 
 // A host bridge in the host's namespace and, per Machine, a network namespace joined to it by a
 // veth pair (DESIGN "Network"; host-facts §4 measured this layout). Two `ip -batch` calls per
@@ -11,6 +13,8 @@ export interface BridgeSpec {
   name: string
   /** e.g. 172.19.0.1/20 */
   gatewayCidr: string
+  /** The host's own `.internal` resolver address (dns-resolver-address.ts), besides fdaa::3. */
+  resolverAddress?: string
 }
 
 export async function ensureBridge(bridge: BridgeSpec): Promise<void> {
@@ -21,14 +25,28 @@ export async function ensureBridge(bridge: BridgeSpec): Promise<void> {
   // Idempotent: `replace` does not fail when the address is already there.
   await runCommand('ip', ['-batch', '-'], {
     input: [
+      // A bridge without a MAC of its own takes its lowest port's, so stopping one Machine could
+      // change the MAC every other Machine has cached for fe80::1 and the gateway, cutting them
+      // off from the host (and its DNS) until their neighbour entries expire. A fixed MAC keeps it.
+      `link set ${bridge.name} address ${bridgeMac(bridge.name)}`,
       `link set ${bridge.name} up`,
       `addr replace ${bridge.gatewayCidr} dev ${bridge.name}`,
       `addr replace fe80::1/64 dev ${bridge.name} nodad`,
+      // reference §3.3: the resolver addresses every Machine reaches through its default route to
+      // the bridge; `hangar dns` serves there (dns-resolver-address.ts).
+      `addr replace ${SIXPN_RESOLVER_ADDRESS}/128 dev ${bridge.name} nodad`,
+      ...(bridge.resolverAddress ? [`addr replace ${bridge.resolverAddress}/128 dev ${bridge.name} nodad`] : []),
     ].join('\n') + '\n',
   })
   // Machines reach each other and the host through the bridge; forwarding lets them reach peers on
   // other hosts later (the cluster's WireGuard mesh).
   await runCommand('sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.ip_forward=1'], { allowFailure: true })
+}
+
+/** A locally administered unicast MAC (0a:…) from the bridge name: stable across restarts. */
+export function bridgeMac(name: string): string {
+  const bytes = createHash('sha256').update(name).digest().subarray(0, 5)
+  return ['0a', ...[...bytes].map((b) => b.toString(16).padStart(2, '0'))].join(':')
 }
 
 export async function removeBridge(name: string): Promise<void> {

@@ -28,6 +28,7 @@ export function registerDaemons(program: Command): void {
     .option('--catalog-api-addr <ip>', "where this host's catalog API listens", '127.0.0.1')
     .option('--insecure-registry <host...>', 'registries the agent reaches over plain HTTP (loopback ones always are)')
     .option('--no-catalog', 'run no catalog node (a single host that needs no replication)')
+    .option('--no-dns', 'run no .internal DNS (it runs with the catalog node; Machines then use the host\'s resolvers)')
     .option('--mesh', 'join the WireGuard mesh between hosts (wireguard-go; peers learnt over NATS)')
     .option('--wireguard-port <port>', "the mesh's UDP port", '51820')
     .option('--mesh-endpoint <ip:port>', "where other hosts reach this host's WireGuard (default: its first IPv4)")
@@ -43,7 +44,7 @@ export function registerDaemons(program: Command): void {
         autostopInterval: opts.autostopInterval, maxRestartBackoffMs: parseDurationMs(opts.maxRestartBackoff, '--max-restart-backoff'),
         proxyListen: opts.proxy === false ? undefined : opts.proxyListen,
         catalog: opts.catalog === false ? undefined : { gossipPort: Number(opts.catalogPort), apiPort: Number(opts.catalogApiPort), join: String(opts.join ?? '').split(',').map((p: string) => p.trim()).filter(Boolean), apiHost: opts.catalogApiAddr },
-        insecureRegistries: opts.insecureRegistry,
+        insecureRegistries: opts.insecureRegistry, dns: opts.dns !== false,
         mesh: opts.mesh ? { listenPort: Number(opts.wireguardPort), endpoint: opts.meshEndpoint, endpointOverridesFile: opts.wireguardEndpoints } : undefined,
         capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
         capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
