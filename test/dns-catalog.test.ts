@@ -204,10 +204,10 @@ test('.internal DNS answers from a real catalog node', { timeout: 90_000 }, asyn
     try {
       await eventually('hangar dns answering', async () => (await queryDns('web.internal', 'AAAA', { server: '127.0.0.1', port: cliPort, timeoutMs: 300 })).answers.length === 2, 20_000)
       assert.equal((await queryDns('example.com', 'A', { server: '127.0.0.1', port: cliPort })).rcode, RCODE.REFUSED, '--no-forward refuses other names')
-      const lookup = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => execFile(process.execPath, [CLI_MAIN, 'dns', 'vms.web.internal', 'txt', '--port', String(cliPort)], { encoding: 'utf8' }, (err, stdout, errText) => resolve({ code: err ? 1 : 0, stdout, stderr: errText })))
+      const lookup = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => execFile(process.execPath, [CLI_MAIN, 'dns', 'vms.web.internal', 'txt', '--server', '127.0.0.1', '--port', String(cliPort)], { encoding: 'utf8' }, (err, stdout, errText) => resolve({ code: err ? 1 : 0, stdout, stderr: errText })))
       assert.equal(lookup.code, 0, lookup.stderr)
       assert.equal(lookup.stdout.trim(), '"a2 sjc,a3 ams"')
-      const missing = await new Promise<{ code: number; stderr: string }>((resolve) => execFile(process.execPath, [CLI_MAIN, 'dns', 'nope.internal', '--port', String(cliPort)], { encoding: 'utf8' }, (err, _out, errText) => resolve({ code: err ? 1 : 0, stderr: errText })))
+      const missing = await new Promise<{ code: number; stderr: string }>((resolve) => execFile(process.execPath, [CLI_MAIN, 'dns', 'nope.internal', '--server', '127.0.0.1', '--port', String(cliPort)], { encoding: 'utf8' }, (err, _out, errText) => resolve({ code: err ? 1 : 0, stderr: errText })))
       assert.equal(missing.code, 1)
       assert.match(missing.stderr, /nope\.internal: NXDOMAIN/)
     } finally {

@@ -8,6 +8,8 @@ import type { Machine } from '../src/core/index.js'
 import { hostResolverAddress } from '../src/network/index.js'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { execFile } from 'node:child_process'
+import { CLI_MAIN } from './kit/platform.js'
 
 // `.internal` DNS end to end on a real host (issue 4; reference §3.3): `hangar host` runs
 // `hangar dns` beside its catalog node, the agent points each Machine's /etc/resolv.conf at it,
@@ -96,6 +98,16 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
     assert.match(apps.stdout, /text = "dnsrival"/)
     const ours = await exec('dnsweb', one.id, ['nslookup', '-type=TXT', '_apps.internal'])
     assert.match(ours.stdout, /text = "dnsweb"/)
+  })
+
+  await t.test("the host's operators ask the same server with `hangar dns` and see every org", async () => {
+    const hostId = readFileSync(join(p.hostDir, 'host-id'), 'utf8').trim()
+    const run = (args: string[]) => new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => execFile(process.execPath, [CLI_MAIN, 'dns', ...args, '--server', hostResolverAddress(hostId)], { encoding: 'utf8' }, (err, stdout, stderr) => resolve({ code: err ? 1 : 0, stdout, stderr })))
+    const web = await run(['dnsweb.internal'])
+    assert.equal(web.code, 0, web.stderr)
+    assert.deepEqual(web.stdout.trim().split('\n').sort(), both)
+    const apps = await run(['_apps.internal', 'TXT'])
+    assert.equal(apps.stdout.trim(), '"dnsrival,dnsweb"')
   })
 
   await t.test('a stopped Machine leaves the answers; started again it comes back', async () => {

@@ -201,16 +201,20 @@ export class DnsIndex {
 
   /** The scope of a query from `source` (reference §3.4), or undefined when the source is no
    * Machine this server knows and not the host itself (REFUSED). */
-  scopeFor(source: string, options: { hostId?: string; loopbackSeesAll?: boolean } = {}): DnsScope | undefined {
+  scopeFor(source: string, options: { hostId?: string; hostSeesAll?: boolean } = {}): DnsScope | undefined {
     const address = source.startsWith('::ffff:') && source.includes('.') ? source.slice(7) : source
     if (parseIpv4(address)) {
-      if (address.startsWith('127.')) return options.loopbackSeesAll === false ? undefined : { kind: 'host' }
+      if (address.startsWith('127.')) return options.hostSeesAll === false ? undefined : { kind: 'host' }
       const machine = options.hostId !== undefined ? this.byIpv4.get(`${options.hostId} ${address}`) : undefined
       return machine ? { kind: 'network', network: machine.network, querier: machine.machine } : undefined
     }
     const bytes = parseIpv6(address)
     if (!bytes) return undefined
-    if (formatIpv6(bytes) === '::1') return options.loopbackSeesAll === false ? undefined : { kind: 'host' }
+    // The host asking itself: loopback, or one of its resolver addresses in network 0 (a query
+    // from the host to fdaa::3 leaves from fdaa::3). A Machine forging such a source gets nothing:
+    // the answer goes to the host's own address.
+    const hostItself = formatIpv6(bytes) === '::1' || (bytes[0] === 0xfd && bytes[1] === 0xaa && bytes.readUInt32BE(2) === 0)
+    if (hostItself) return options.hostSeesAll === false ? undefined : { kind: 'host' }
     const network = sixpnNetworkOf(bytes)
     if (network === undefined) return undefined
     const querier = this.by6pn.get(formatIpv6(bytes))?.machine

@@ -29,8 +29,8 @@ export interface DnsServerOptions {
   forwardTimeoutMs?: number
   /** TTL of `.internal` answers and of negative answers (SOA minimum). Default 5 s. */
   ttl?: number
-  /** Loopback queries (the host's operators) see every org (default true). */
-  loopbackSeesAll?: boolean
+  /** Queries from the host itself (loopback, its resolver addresses) see every org (default true). */
+  hostSeesAll?: boolean
   /** Keep trying addresses that cannot be bound yet, every this many ms (the host bridge and its
    * addresses appear when the agent starts; another host may hold fdaa::3 for a while).
    * Without it, start fails when an address cannot be bound. */
@@ -89,7 +89,7 @@ export async function startDnsServer(options: DnsServerOptions): Promise<DnsServ
     if (parsed.kind === 'error') { stats.malformed++; return encodeErrorResponse(parsed.id, parsed.rd, parsed.rcode, parsed.opcode) }
     const query = parsed.query
     try {
-      const scope = options.index.scopeFor(source, { hostId: options.hostId, loopbackSeesAll: options.loopbackSeesAll })
+      const scope = options.index.scopeFor(source, { hostId: options.hostId, hostSeesAll: options.hostSeesAll })
       // Not a Machine of this host, nor the host: no answers and no open resolver.
       if (!scope) { stats.refused++; return plain(query, RCODE.REFUSED, transport) }
       if (isInternalName(query.labels)) {

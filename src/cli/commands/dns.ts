@@ -26,7 +26,7 @@ export function registerDns(program: Command): void {
     .option('--upstream <addr>', "resolvers for other names (default: the host's /etc/resolv.conf; repeatable)", collect)
     .option('--no-forward', 'refuse names outside .internal instead of forwarding them')
     .option('--ttl <seconds>', 'TTL of .internal answers', '5')
-    .option('--server <addr>', 'the server to ask (lookup)', '127.0.0.1')
+    .option('--server <addr>', "the server to ask (lookup; default Fly's resolver address, which every host with DNS serves)", 'fdaa::3')
     .option('--port <port>', "the server's port (lookup)", '53')
     .option('--tcp', 'ask over TCP (lookup)')
     .option('--json', 'print the whole answer as JSON (lookup)')
