@@ -25,7 +25,8 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
   t.after(async () => { await platform?.close(); await registry?.stop() })
   registry = await startRegistry()
   await pushHttpServerImage(registry, 'web:v1', { extraLayers: [APPLETS] })
-  platform = await startPlatform()
+  // A second host in another region, in the same network namespace, joined by the catalog.
+  platform = await startPlatform({ extraHosts: [{ region: 'sec' }] })
   const p = platform
   p.api.store.createOrg('rival')
   const rivalToken = p.api.store.createStaticToken('rival', 'test')
@@ -36,8 +37,8 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
     const text = await res.text()
     return { status: res.status, body: text ? JSON.parse(text) : undefined }
   }
-  const createMachine = async (app: string, token?: string): Promise<Machine> => {
-    const created = await api('POST', `/v1/apps/${app}/machines`, { config: { image } }, token)
+  const createMachine = async (app: string, token?: string, region?: string): Promise<Machine> => {
+    const created = await api('POST', `/v1/apps/${app}/machines`, { config: { image }, ...(region ? { region } : {}) }, token)
     assert.equal(created.status, 200, JSON.stringify(created.body))
     const id = created.body.id as string
     return eventually(`${app} Machine ${id} started`, async () => {
@@ -59,7 +60,7 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
 
   assert.equal((await api('POST', '/v1/apps', { app_name: 'dnsweb', org_slug: 'personal' })).status, 201)
   assert.equal((await api('POST', '/v1/apps', { app_name: 'dnsrival', org_slug: 'rival' }, rivalToken)).status, 201)
-  const [one, two] = [await createMachine('dnsweb'), await createMachine('dnsweb')]
+  const [one, two] = [await createMachine('dnsweb', undefined, p.region), await createMachine('dnsweb', undefined, p.region)]
   const rival = await createMachine('dnsrival', rivalToken)
   const both = [one.private_ip, two.private_ip].sort()
 
@@ -123,5 +124,27 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
     assert.deepEqual(stopped.addresses, [], 'AAAA answers list started Machines only')
     assert.equal((await api('POST', `/v1/apps/dnsweb/machines/${two.id}/start`)).status, 200)
     await eventually('dnsweb.internal with both again', async () => JSON.stringify((await lookup('dnsweb', one.id, 'dnsweb.internal')).addresses) === JSON.stringify(both), 20_000)
+  })
+
+  await t.test('a Machine on a second host: region names, nearest, its own host\'s resolver, reached across hosts', async () => {
+    const far = await createMachine('dnsweb', undefined, 'sec')
+    const secondHostId = readFileSync(join(p.extraHostDirs[0]!, 'host-id'), 'utf8').trim()
+    const firstHostId = readFileSync(join(p.hostDir, 'host-id'), 'utf8').trim()
+    const conf = await exec('dnsweb', far.id, ['cat', '/etc/resolv.conf'])
+    assert.equal(conf.stdout, `nameserver ${hostResolverAddress(secondHostId)}\n`, 'each host answers its own Machines')
+    assert.notEqual(hostResolverAddress(secondHostId), hostResolverAddress(firstHostId))
+    // The first host learns the far Machine through catalog gossip.
+    await eventually('sec.dnsweb.internal from the first host', async () => JSON.stringify((await lookup('dnsweb', one.id, 'sec.dnsweb.internal')).addresses) === JSON.stringify([far.private_ip]), 20_000)
+    assert.deepEqual((await lookup('dnsweb', one.id, `${p.region}.dnsweb.internal`)).addresses, both)
+    const regions = await exec('dnsweb', one.id, ['nslookup', '-type=TXT', 'regions.dnsweb.internal'])
+    assert.match(regions.stdout, new RegExp(`text = "${['sec', p.region].sort().join(',')}"`))
+    // Nearest from each side: a Machine on the asker's own host first.
+    assert.deepEqual((await lookup('dnsweb', far.id, 'top1.nearest.of.dnsweb.internal')).addresses, [far.private_ip])
+    const nearOne = (await lookup('dnsweb', one.id, 'top1.nearest.of.dnsweb.internal')).addresses
+    assert.ok(nearOne.length === 1 && both.includes(nearOne[0]!), `the first host's Machines are nearest to it: ${nearOne.join(',')}`)
+    assert.equal((await lookup('dnsweb', far.id, 'top3.nearest.of.dnsweb.internal')).addresses.length, 3)
+    const got = await exec('dnsweb', far.id, ['wget', '-q', '-O', '-', `http://${one.id}.vm.dnsweb.internal:8080/`])
+    assert.equal(got.exit_code, 0, got.stderr)
+    assert.equal(got.stdout, HTTP_SERVER_BODY)
   })
 })
