@@ -4,6 +4,9 @@
 // bounds-checked and a packet that does not parse is either dropped (no usable header) or
 // answered FORMERR.
 
+import { isIPv6 } from 'node:net'
+import { formatIpv6 as formatIpv6Value, parseIpv6 as parseIpv6Value } from './wireguard-plan.js'
+
 export const DNS_TYPE = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, SRV: 33, OPT: 41, ANY: 255 } as const
 export const DNS_CLASS_IN = 1
 
@@ -265,44 +268,10 @@ export function soaRdata(zone: string[], serial: number, minimumTtl: number): Bu
 
 /** The 16 bytes of an IPv6 address in any textual form (`::`, embedded IPv4), or undefined. */
 export function parseIpv6(text: string): Buffer | undefined {
-  let address = text
-  const zone = address.indexOf('%')
-  if (zone >= 0) address = address.slice(0, zone)
-  if (address.length === 0 || address.length > 45) return undefined
-  // An embedded IPv4 in the last 32 bits (::ffff:1.2.3.4) becomes two hex groups.
-  const lastColon = address.lastIndexOf(':')
-  if (lastColon >= 0 && address.indexOf('.', lastColon) > 0) {
-    const v4 = parseIpv4(address.slice(lastColon + 1))
-    if (!v4) return undefined
-    address = `${address.slice(0, lastColon + 1)}${((v4[0]! << 8) | v4[1]!).toString(16)}:${((v4[2]! << 8) | v4[3]!).toString(16)}`
-  }
-  const halves = address.split('::')
-  if (halves.length > 2) return undefined
-  const parseGroups = (part: string): number[] | undefined => {
-    if (part === '') return []
-    const groups = part.split(':')
-    const out: number[] = []
-    for (const group of groups) {
-      if (!/^[0-9a-fA-F]{1,4}$/.test(group)) return undefined
-      out.push(parseInt(group, 16))
-    }
-    return out
-  }
-  const head = parseGroups(halves[0]!)
-  const rest = halves.length === 2 ? parseGroups(halves[1]!) : []
-  if (!head || !rest) return undefined
-  const explicit = head.length + rest.length
-  let groups: number[]
-  if (halves.length === 2) {
-    if (explicit > 7) return undefined
-    groups = [...head, ...new Array<number>(8 - explicit).fill(0), ...rest]
-  } else {
-    if (explicit !== 8) return undefined
-    groups = head
-  }
-  const out = Buffer.alloc(16)
-  groups.forEach((g, i) => out.writeUInt16BE(g, i * 2))
-  return out
+  // The text rules live with the mesh's address code (wireguard-plan.ts); DNS wants the 16 bytes.
+  const address = text.includes('%') ? text.slice(0, text.indexOf('%')) : text
+  if (!isIPv6(address)) return undefined
+  return Buffer.from(parseIpv6Value(address).toString(16).padStart(32, '0'), 'hex')
 }
 
 export function parseIpv4(text: string): Buffer | undefined {
@@ -316,20 +285,7 @@ export function parseIpv4(text: string): Buffer | undefined {
 /** RFC 5952 text: lower case, leading zeros dropped, the longest run of two or more zero groups
  * as `::`. */
 export function formatIpv6(bytes: Buffer): string {
-  const groups: number[] = []
-  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i))
-  let bestStart = -1
-  let bestLength = 0
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) { i++; continue }
-    let j = i
-    while (j < 8 && groups[j] === 0) j++
-    if (j - i > bestLength && j - i >= 2) { bestStart = i; bestLength = j - i }
-    i = j
-  }
-  const hex = groups.map((g) => g.toString(16))
-  if (bestStart < 0) return hex.join(':')
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLength).join(':')}`
+  return formatIpv6Value(BigInt(`0x${bytes.subarray(0, 16).toString('hex')}`))
 }
 
 // ── reading answers (the forwarder's checks, queryDns, tests) ──
