@@ -722,8 +722,11 @@ export class Agent {
     this.tailer.unfollow(machine.id)
     this.stopChecks(machine.id)
     await this.options.driver.remove(machine.id)
-    await teardownMachineNetwork(machine.id, machine.privateIp)
-    await this.options.images.resetRootfs(this.machineDir(machine.id))
+    // With the guest gone, its network and its rootfs are independent: undo both at once.
+    await Promise.all([
+      teardownMachineNetwork(machine.id, machine.privateIp),
+      this.options.images.resetRootfs(this.machineDir(machine.id)),
+    ])
   }
 
   private async releaseEverything(machine: MachineRow): Promise<void> {
