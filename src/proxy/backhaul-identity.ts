@@ -5,7 +5,7 @@ import { link, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type tls from 'node:tls'
 import { InvalidArgumentError, type Logger } from '../core/index.js'
-import { importPrivateKey, KEY_ALGORITHM, pem, SIGNING_ALGORITHM } from './certificates.js'
+import { generateCaCertificate, importPrivateKey, KEY_ALGORITHM, pem, SIGNING_ALGORITHM } from './certificates.js'
 
 // Who may speak on the backhaul (issue 4: "links are authenticated and encrypted"): mutual TLS
 // under one cluster CA. Every host's proxy holds a certificate whose subject CN is its host id,
@@ -107,22 +107,7 @@ async function loadOrCreateCa(dir: string, create: boolean, logger: Logger | und
 }
 
 async function generateCa(): Promise<{ certPem: string; keyPem: string }> {
-  const keys = await webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify']) as unknown as webcrypto.CryptoKeyPair
-  const now = Date.now()
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: randomBytes(8).toString('hex'),
-    name: `CN=Hangar cluster CA ${randomBytes(4).toString('hex')}`,
-    notBefore: new Date(now - 3_600_000),
-    notAfter: new Date(now + 10 * 365 * 86_400_000),
-    keys,
-    signingAlgorithm: SIGNING_ALGORITHM,
-    extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    ],
-  })
-  return { certPem: cert.toString('pem') + '\n', keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as unknown as webcrypto.CryptoKey)) }
+  return generateCaCertificate(`Hangar cluster CA ${randomBytes(4).toString('hex')}`)
 }
 
 /** A certificate for one host (CN = its id), for both ends of a backhaul link, valid a year. */

@@ -22,6 +22,26 @@ export function pem(label: string, der: ArrayBuffer): string {
   return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`
 }
 
+/** A new self-signed CA (ECDSA P-256, ten years): the proxy's CA and the cluster's backhaul CA. */
+export async function generateCaCertificate(commonName: string): Promise<{ certPem: string; keyPem: string }> {
+  const keys = await webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify']) as unknown as webcrypto.CryptoKeyPair
+  const now = Date.now()
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomBytes(8).toString('hex'),
+    name: `CN=${commonName}`,
+    notBefore: new Date(now - 3_600_000),
+    notAfter: new Date(now + 10 * 365 * 86_400_000),
+    keys,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  })
+  return { certPem: cert.toString('pem') + '\n', keyPem: pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as unknown as webcrypto.CryptoKey)) }
+}
+
 export async function importPrivateKey(keyPem: string): Promise<webcrypto.CryptoKey> {
   const der = Buffer.from(keyPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64')
   return await webcrypto.subtle.importKey('pkcs8', der, KEY_ALGORITHM, true, ['sign']) as unknown as webcrypto.CryptoKey
@@ -55,23 +75,7 @@ export class CertificateStore {
       certPem = await readFile(certPath, 'utf8')
       keyPem = await readFile(keyPath, 'utf8')
     } catch {
-      const keys = await webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify']) as unknown as webcrypto.CryptoKeyPair
-      const now = Date.now()
-      const cert = await x509.X509CertificateGenerator.createSelfSigned({
-        serialNumber: randomBytes(8).toString('hex'),
-        name: 'CN=Hangar proxy CA',
-        notBefore: new Date(now - 3_600_000),
-        notAfter: new Date(now + 10 * 365 * 86_400_000),
-        keys,
-        signingAlgorithm: SIGNING_ALGORITHM,
-        extensions: [
-          new x509.BasicConstraintsExtension(true, 0, true),
-          new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-          await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-        ],
-      })
-      certPem = cert.toString('pem') + '\n'
-      keyPem = pem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as unknown as webcrypto.CryptoKey))
+      ;({ certPem, keyPem } = await generateCaCertificate('Hangar proxy CA'))
       await writeFile(keyPath, keyPem, { mode: 0o600 })
       await writeFile(certPath, certPem)
       await chmod(keyPath, 0o600)
