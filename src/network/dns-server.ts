@@ -169,12 +169,17 @@ export async function startDnsServer(options: DnsServerOptions): Promise<DnsServ
 
   const listeners: Listener[] = options.listen.map((address) => ({ address: { ...address } }))
 
-  /** Binds one address: UDP first (its port, when 0, is taken by TCP too). */
-  const bind = async (listener: Listener): Promise<void> => {
+  /** Binds one address: UDP first (its port, when 0, is taken by TCP too). A port the system
+   * chose for UDP may be taken for TCP by someone else: then another is tried. */
+  const bind = async (listener: Listener, attemptsLeft = 10): Promise<void> => {
     const udp = await bindUdp(listener.address)
     const port = udp.address().port
     try {
-      const tcp = withTcp ? await bindTcp({ host: listener.address.host, port }) : undefined
+      const tcp = withTcp ? await bindTcp({ host: listener.address.host, port }).catch((err: NodeJS.ErrnoException) => {
+        if (listener.address.port === 0 && err.code === 'EADDRINUSE' && attemptsLeft > 0) return null
+        throw err
+      }) : undefined
+      if (tcp === null) { udp.close(); return bind(listener, attemptsLeft - 1) }
       if (closed) { udp.close(); tcp?.close(); return }
       listener.udp = udp
       listener.tcp = tcp
