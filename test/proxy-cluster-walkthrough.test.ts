@@ -9,6 +9,7 @@ import { startCluster, type Cluster, type ClusterHost } from './kit/cluster.js'
 import { HTTP_SERVER_PORT, pushHttpServerImage } from './kit/images.js'
 import { holdRequest, type HeldRequest } from './kit/proxy-cluster.js'
 import { startRegistry, type TestRegistry } from './kit/registry.js'
+import { eventually } from './kit/eventually.js'
 
 // The seed's load-balancing walkthrough end to end (spec/seeds/004_… "Web service"; issue 4 "How
 // it is shown"): four hosts in four regions (ams, maa, sea, sin) in network namespaces, joined by
@@ -64,16 +65,6 @@ async function metric(host: ClusterHost, name: string, labels: Record<string, st
     if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(match[3])
   }
   return undefined
-}
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try { const value = await probe(); if (value !== undefined && value !== false) return value } catch (err) { last = err }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
 }
 
 test('the seed’s load-balancing walkthrough across 4 regions: real proxies, real Machines, measured RTTs', { timeout: 180_000 }, async (t) => {

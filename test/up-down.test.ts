@@ -8,16 +8,12 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CLI_MAIN } from './kit/platform.js'
 import { eventually } from './kit/eventually.js'
+import { alive } from '../src/cli/commands/up.js'
 
 // The Quickstart's `hangar up`, as a user runs it: two instances side by side (`--data-dir`), each
 // printing its JSON, running the printed example end to end, and `hangar down` leaving nothing.
 
 const run = promisify(execFile)
-
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0) } catch { return false }
-  try { const stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z' } catch { return false }
-}
 
 function httpGet(address: string, host: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

@@ -109,17 +109,18 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
   const mesh = options.meshEndpoint
     ? { publicKey: wireguardPublicKey(loadOrCreatePrivateKey(join(options.dataDir, 'wireguard', 'private.key'))), endpoint: options.meshEndpoint, overlayAddress: overlayAddressFor(hostId) }
     : undefined
-  const info = (): HostInfo => {
-    const usage = agent.usage()
+  // Machines rarely use all they are given: shared CPUs are overcommitted 16× (Fly's shared vCPU
+  // is a 1/16 share of a core) and memory 4× by default; operators tune both. Fixed for the
+  // process's life (os.cpus() reads /proc/cpuinfo: not something to do per placement offer).
+  const capacity = {
+    cpus: options.capacityCpus ?? cpus().length * (options.cpuOvercommit ?? 16),
+    memoryMb: options.capacityMemoryMb ?? Math.floor((totalmem() / 1024 / 1024) * (options.memoryOvercommit ?? 4)),
+  }
+  const info = (usage = agent.usage()): HostInfo => {
     return {
       ...(mesh ? { mesh } : {}),
       id: hostId, region: options.region, addr: options.hostAddress ?? '127.0.0.1', proxyAddr: options.proxyAddr, catalogUrl: options.catalogUrl,
-      // Machines rarely use all they are given: shared CPUs are overcommitted 16× (Fly's shared
-      // vCPU is a 1/16 share of a core) and memory 4× by default; operators tune both.
-      capacity: {
-        cpus: options.capacityCpus ?? cpus().length * (options.cpuOvercommit ?? 16),
-        memoryMb: options.capacityMemoryMb ?? Math.floor((totalmem() / 1024 / 1024) * (options.memoryOvercommit ?? 4)),
-      },
+      capacity,
       usage: { machines: usage.machines, cpus: usage.cpus, memoryMb: usage.memoryMb },
       startedAt,
     }
@@ -127,11 +128,11 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
   // The host's side of the placement market: offers and short reservations (DESIGN "Placement").
   const ledger = new ReservationLedger()
   const resources = () => {
-    const i = info()
-    const used = { cpus: i.usage.cpus, memoryMb: i.usage.memoryMb }
+    const usage = agent.usage()
+    const used = { cpus: usage.cpus, memoryMb: usage.memoryMb }
     // A host out of private addresses is full whatever its CPUs and memory say.
-    const addressesLeft = agent.usage().addressesFree - ledger.size()
-    return { capacity: addressesLeft > 0 ? i.capacity : used, used }
+    const addressesLeft = usage.addressesFree - ledger.size()
+    return { capacity: addressesLeft > 0 ? capacity : used, used }
   }
   const stopOffers = serveOffers({ bus, hostId, region: options.region, ledger, resources, logger })
   const stopServing = serveAgent({ agent, bus, info, logger, ledger, resources })

@@ -160,6 +160,10 @@ export class AgentStore {
       machinesOfApp: db.prepare<[string], MachineDbRow>('SELECT * FROM machines WHERE app = ? ORDER BY created_at, id'),
       liveMachines: db.prepare<[], MachineDbRow>("SELECT * FROM machines WHERE state != 'destroyed' ORDER BY created_at, id"),
       nameTaken: db.prepare<[string, string], { id: string }>("SELECT id FROM machines WHERE app = ? AND name = ? AND state != 'destroyed'"),
+      liveUsage: db.prepare<[number, number], { machines: number; cpus: number; memoryMb: number }>(`SELECT COUNT(*) AS machines,
+          COALESCE(SUM(COALESCE(json_extract(config, '$.guest.cpus'), ?)), 0) AS cpus,
+          COALESCE(SUM(COALESCE(json_extract(config, '$.guest.memory_mb'), ?)), 0) AS memoryMb
+        FROM machines WHERE state != 'destroyed'`),
       usedOrdinals: db.prepare<[], { ordinal: number }>("SELECT ordinal FROM machines WHERE state != 'destroyed' ORDER BY ordinal"),
       insertMachine: db.prepare(`INSERT INTO machines (id, app, org, network, name, region, state, instance_id, ordinal, private_ip, ipv4, config, image_ref, image_digest, image_config, metadata, cordoned, restart_count, primary_region, created_at, updated_at)
         VALUES (@id, @app, @org, @network, @name, @region, @state, @instanceId, @ordinal, @privateIp, @ipv4, @config, @imageRef, @imageDigest, @imageConfig, @metadata, @cordoned, @restartCount, @primaryRegion, @createdAt, @updatedAt)`),
@@ -200,11 +204,7 @@ export class AgentStore {
 
   /** How many live Machines there are and the CPUs and memory their configs ask for. */
   liveUsage(defaultCpus: number, defaultMemoryMb: number): { machines: number; cpus: number; memoryMb: number } {
-    const row = this.db.prepare(`SELECT COUNT(*) AS machines,
-        COALESCE(SUM(COALESCE(json_extract(config, '$.guest.cpus'), ?)), 0) AS cpus,
-        COALESCE(SUM(COALESCE(json_extract(config, '$.guest.memory_mb'), ?)), 0) AS memoryMb
-      FROM machines WHERE state != 'destroyed'`).get(defaultCpus, defaultMemoryMb) as { machines: number; cpus: number; memoryMb: number }
-    return row
+    return this.statements.liveUsage.get(defaultCpus, defaultMemoryMb)!
   }
 
   isNameTaken(app: string, name: string): boolean {

@@ -103,10 +103,6 @@ export class ApiStore {
     return { total: row.total, live: row.live ?? 0 }
   }
 
-  hostsOfApp(app: string): string[] {
-    return (this.db.prepare('SELECT DISTINCT host_id FROM machine_hosts WHERE app = ?').all(app) as Array<{ host_id: string }>).map((r) => r.host_id)
-  }
-
   /** A token for `org` that may do everything in it, shown once: an fm2_ org macaroon when the
    * API's macaroon auth is open (the default), else a static bearer token whose hash is kept. */
   createStaticToken(org: string, name: string): string {

@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
-import { createConnection } from 'node:net'
 import { join } from 'node:path'
-import { UnavailableError } from '../core/index.js'
+import { UnavailableError, canConnect } from '../core/index.js'
 
 // Starts Debian's `nats-server` (the real one: DESIGN "Processes"). Used by `hangar up` and by the
 // test kit; production clusters run their own NATS and pass its URL.
@@ -60,12 +59,4 @@ export async function startNatsServer(options: NatsServerOptions): Promise<NatsS
       }
     },
   }
-}
-
-function canConnect(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host, port })
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
-  })
 }

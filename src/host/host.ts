@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { networkInterfaces } from 'node:os'
 import { startHostMesh, type HostMesh } from './host-mesh.js'
 import { fileURLToPath } from 'node:url'
-import { createLogger, InvalidArgumentError } from '../core/index.js'
+import { createLogger, InvalidArgumentError, joinHostPort } from '../core/index.js'
 import { SIXPN_RESOLVER_ADDRESS, hostResolverAddress } from '../network/index.js'
 import { hostIdFor } from '../agent/index.js'
 import { Supervisor, type ComponentSpec } from './supervisor.js'
@@ -60,10 +60,6 @@ export function defaultUnderlayAddress(): string {
   return '127.0.0.1'
 }
 
-/** An address as the host part of host:port (IPv6 in brackets). */
-export function hostPart(address: string): string {
-  return address.includes(':') && !address.startsWith('[') ? `[${address}]` : address
-}
 
 export async function runHost(hostOptions: HostOptions): Promise<void> {
   let options = hostOptions
@@ -79,7 +75,7 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
     options = { ...options, hostAddress: options.hostAddress ?? hostMesh.mesh.overlayAddress }
   }
   const agentArgs = ['agent', '--data-dir', options.dataDir, '--region', options.region, '--nats', options.natsUrl, '--host-id', hostId]
-  if (hostMesh && options.mesh) agentArgs.push('--mesh-endpoint', options.mesh.endpoint ?? `${hostPart(defaultUnderlayAddress())}:${hostMesh.mesh.listenPort}`)
+  if (hostMesh && options.mesh) agentArgs.push('--mesh-endpoint', options.mesh.endpoint ?? joinHostPort(defaultUnderlayAddress(), hostMesh.mesh.listenPort))
   if (options.machineSubnet) agentArgs.push('--machine-subnet', options.machineSubnet)
   if (options.hostAddress) agentArgs.push('--host-address', options.hostAddress)
   if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
@@ -91,10 +87,10 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
     // The host's catalog node (DESIGN "Catalog"): gossip on the host's address, its API for the
     // host's own components on loopback.
     const apiHost = options.catalog.apiHost ?? '127.0.0.1'
-    catalogUrl = `http://${hostPart(apiHost)}:${options.catalog.apiPort}`
-    const gossipAddr = `${hostPart(options.hostAddress ?? '127.0.0.1')}:${options.catalog.gossipPort}`
+    catalogUrl = `http://${joinHostPort(apiHost, options.catalog.apiPort)}`
+    const gossipAddr = joinHostPort(options.hostAddress ?? '127.0.0.1', options.catalog.gossipPort)
     components.push(cliComponent('catalog', ['catalog', '--db', join(options.dataDir, 'catalog.db'), '--gossip-addr', gossipAddr,
-      '--api-addr', `${hostPart(apiHost)}:${options.catalog.apiPort}`, '--host-id', hostId, '--region', options.region,
+      '--api-addr', joinHostPort(apiHost, options.catalog.apiPort), '--host-id', hostId, '--region', options.region,
       ...(options.catalog.join.length ? ['--bootstrap', options.catalog.join.join(',')] : [])]))
     agentArgs.push('--catalog-url', catalogUrl, '--gossip-addr', gossipAddr)
   }
@@ -103,7 +99,7 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
   const backhaulPort = options.backhaulPort ?? 4003
   if (!Number.isInteger(backhaulPort) || backhaulPort < 1 || backhaulPort > 65535) throw new InvalidArgumentError(`--backhaul-port: ${options.backhaulPort} is not a port`)
   const hostAddress = (options.hostAddress ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1')
-  const backhaulAddr = catalogUrl !== undefined && options.proxyListen !== undefined ? `${hostAddress.includes(':') ? `[${hostAddress}]` : hostAddress}:${backhaulPort}` : undefined
+  const backhaulAddr = catalogUrl !== undefined && options.proxyListen !== undefined ? joinHostPort(hostAddress, backhaulPort) : undefined
   if (backhaulAddr !== undefined) agentArgs.push('--proxy-addr', backhaulAddr)
   // `.internal` DNS reads the catalog (DESIGN "Network"), so it runs with a catalog node, on the
   // host's resolver address that the agent writes into Machines' resolv.conf and on fdaa::3

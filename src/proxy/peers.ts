@@ -1,5 +1,5 @@
 import { readFileSync, watch, type FSWatcher } from 'node:fs'
-import { InvalidArgumentError, silentLogger, type Logger } from '../core/index.js'
+import { InvalidArgumentError, silentLogger, splitHostPort, type Logger } from '../core/index.js'
 
 // The other proxies of the cluster, as the backhaul needs them: host id, region and the address
 // of their backhaul listener. In a cluster they come from the catalog's hosts table (written by
@@ -17,18 +17,7 @@ export interface PeerSource {
   subscribe(apply: (peers: BackhaulPeer[]) => void): () => void
 }
 
-/** `host:port` or `[v6]:port` → parts; a typed error names what is wrong. */
-export function splitHostPort(addr: string, what = 'address'): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(addr)
-  const port = match ? Number(match[3]) : NaN
-  if (!match || !Number.isInteger(port) || port < 1 || port > 65535) throw new InvalidArgumentError(`${what}: ${JSON.stringify(addr)} is not host:port (IPv6 as [addr]:port)`)
-  return { host: match[1] ?? match[2]!, port }
-}
-
-/** `host:port` with IPv6 hosts bracketed. */
-export function joinHostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
-}
+export { splitHostPort, joinHostPort } from '../core/index.js'
 
 /** Validates a peer list: `[{hostId, region, addr}]` or `{peers: [...]}`. */
 export function parsePeers(value: unknown, what = 'peers'): BackhaulPeer[] {

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomInt } from 'node:crypto'
@@ -11,6 +10,7 @@ import { cleanupHost } from '../../src/host/index.js'
 import { silentLogger, createLogger } from '../../src/core/index.js'
 import { ApiClient } from '../../src/cli/api-client.js'
 import { randomSubnet } from './agent-host.js'
+import { freePort } from '../../src/core/index.js'
 
 // A whole one-host platform for end-to-end tests: a real nats-server, the API (in this process),
 // and `hangar host` as its own process (supervisor + agent), in temp dirs. Everything it starts is
@@ -41,13 +41,8 @@ export interface Platform {
   close(): Promise<void>
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => { const { port } = server.address() as { port: number }; server.close(() => resolve(port)) })
-  })
-}
+/** A free loopback port (the core helper, re-exported for the kit's users). */
+export { freePort }
 
 export async function startPlatform(options: { region?: string; hostArgs?: string[]; extraHosts?: Array<{ region: string; args?: string[] }> } = {}): Promise<Platform> {
   const region = options.region ?? 'tst'

@@ -10,10 +10,11 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { createPrivateKey, randomBytes, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto'
 import { createServer, request as httpRequest, Agent as HttpAgent, type Server, type IncomingMessage, type ServerResponse } from 'node:http'
-import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { freePort } from '../../src/core/index.js'
 
 export type RegistryAuthMode = 'none' | 'basic' | 'token'
 
@@ -176,16 +177,8 @@ function stopProcess(child: ChildProcess): Promise<void> {
   })
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createNetServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
+/** A free loopback port (the core helper, re-exported for the kit's users). */
+export { freePort }
 
 function exec(command: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {

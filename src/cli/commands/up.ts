@@ -1,7 +1,6 @@
 import type { Command } from 'commander'
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
@@ -11,6 +10,7 @@ import { createNetnsStar, defaultMachineSubnet, removeNetnsStar } from '../../ne
 import { pushBusyboxImage, pushHttpServerImage } from '../../images/index.js'
 import { createClusterCa } from '../../proxy/index.js'
 import { runCommand } from '../../core/command.js'
+import { canConnect, freePort } from '../../core/index.js'
 import { configPath, defaultDataDir, writeConfig } from '../config.js'
 import { info, printJson } from '../output.js'
 
@@ -38,16 +38,6 @@ export interface UpState {
   star?: { namespaces: string[]; rootVeth: string }
 }
 
-function freePort(preferred?: number): Promise<number> {
-  return new Promise((resolvePort) => {
-    const server = createServer()
-    server.once('error', () => { if (preferred) freePort().then(resolvePort); else resolvePort(0) })
-    server.listen(preferred ?? 0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port
-      server.close(() => resolvePort(port))
-    })
-  })
-}
 
 /** Whether a process runs. A zombie does not: where PID 1 does not reap (some containers), the
  * detached processes `up` started linger as zombies after they exit. */
@@ -138,7 +128,7 @@ export async function up(options: UpOptions): Promise<UpState> {
     const natsUrl = `nats://${sharedAddress}:${natsPort}`
     pids.nats = startDetached('nats-server', ['-a', sharedAddress, '-p', String(natsPort), '-n', `hangar-${natsPort}`], join(natsDir, 'nats.log'), 'nats-server')
     writeFileSync(join(natsDir, 'nats.pid'), String(pids.nats))
-    await waitFor('nats-server', () => canConnect(natsPort, sharedAddress), 10_000, join(natsDir, 'nats.log'))
+    await waitFor('nats-server', () => canConnect(sharedAddress, natsPort), 10_000, join(natsDir, 'nats.log'))
 
     // A local registry seeded with two small images built from this machine's busybox, so the
     // first Machine runs without reaching any outside registry.
@@ -152,7 +142,7 @@ export async function up(options: UpOptions): Promise<UpState> {
     ].join('\n'))
     pids.registry = startDetached('docker-registry', ['serve', join(registryDir, 'config.yml')], join(registryDir, 'registry.log'), 'docker-registry')
     writeFileSync(join(registryDir, 'registry.pid'), String(pids.registry))
-    await waitFor('the local registry', () => canConnect(registryPort, sharedAddress), 10_000, join(registryDir, 'registry.log'))
+    await waitFor('the local registry', () => canConnect(sharedAddress, registryPort), 10_000, join(registryDir, 'registry.log'))
     const registry = { url: `http://${sharedAddress}:${registryPort}`, host: `${sharedAddress}:${registryPort}`, pushAuthorization: async () => undefined }
     await pushHttpServerImage(registry, 'hangar/hello:latest', { body: 'Hello from a Hangar Machine!\n' })
     await pushBusyboxImage(registry, 'hangar/busybox:latest')
@@ -254,15 +244,6 @@ export async function down(dataDir: string): Promise<{ stopped: string[]; machin
   return { stopped, machinesStopped }
 }
 
-function canConnect(port: number, host = '127.0.0.1'): Promise<boolean> {
-  return new Promise((resolveConnect) => {
-    import('node:net').then(({ createConnection }) => {
-      const socket = createConnection({ host, port })
-      socket.once('connect', () => { socket.destroy(); resolveConnect(true) })
-      socket.once('error', () => resolveConnect(false))
-    })
-  })
-}
 
 export function registerUp(program: Command): void {
   program.command('up')
