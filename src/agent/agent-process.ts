@@ -35,6 +35,8 @@ export interface AgentProcessOptions {
   catalogUrl?: string
   /** The host's catalog gossip address (recorded in its host row). */
   gossipAddr?: string
+  /** Machines resolve names through the host's `.internal` DNS (the host runs `hangar dns`). */
+  internalDns?: boolean
   /** Where other hosts reach this host's WireGuard (underlay ip:port), when the host runs the mesh. */
   meshEndpoint?: string
   /** Fixed capacity, overriding the computed one (operators, and tests of placement). */
@@ -99,6 +101,7 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
     machineSubnet: options.machineSubnet ?? defaultMachineSubnet(hostId),
     logger,
     crashPointsFile: process.env.HANGAR_AGENT_CRASH_POINTS,
+    internalDns: options.internalDns,
     events: {
       machineChanged: (machine) => publishChange(machine),
       machineRemoved: (machine) => publishChange(machine),

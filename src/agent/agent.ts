@@ -41,8 +41,8 @@ export interface AgentOptions {
   logMaxBytes?: number
   /** Crash injection for the crash tests: a file of `kind:step:begin|done` lines. */
   crashPointsFile?: string
-  /** The host runs `.internal` DNS on its resolver address (`hangar host` sets
-   * HANGAR_INTERNAL_DNS=1 for its agent when it runs `hangar dns`). */
+  /** The host runs `.internal` DNS on its resolver address (`hangar host` passes
+   * `hangar agent --internal-dns` when it runs `hangar dns`). */
   internalDns?: boolean
 }
 
@@ -102,7 +102,7 @@ export class Agent {
     // reference §3.3: Machines resolve through the platform's DNS (`.internal` names, the rest
     // forwarded) when the host runs it, at the host's own resolver address on the bridge
     // (src/network/dns-resolver-address.ts); otherwise through the host's resolvers.
-    this.nameservers = (options.internalDns ?? process.env.HANGAR_INTERNAL_DNS === '1') ? [hostResolverAddress(options.hostId)] : hostNameservers()
+    this.nameservers = options.internalDns ? [hostResolverAddress(options.hostId)] : hostNameservers()
     this.hostNumber = hostNumber(options.hostId)
     this.machinesDir = join(options.dataDir, 'machines')
     mkdirSync(this.machinesDir, { recursive: true })

@@ -109,7 +109,8 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
     components.push(cliComponent('dns', ['dns', '--catalog', catalogUrl!, '--host-id', hostId, '--region', options.region,
       '--listen', `[${hostResolverAddress(hostId)}]:53`, '--listen', `[${SIXPN_RESOLVER_ADDRESS}]:53`]))
   }
-  components.push(cliComponent('agent', agentArgs, runDns ? { HANGAR_INTERNAL_DNS: '1' } : { HANGAR_INTERNAL_DNS: '0' }))
+  if (runDns) agentArgs.push('--internal-dns')
+  components.push(cliComponent('agent', agentArgs))
   if (options.proxyListen !== undefined) {
     const proxyArgs = ['proxy', '--nats', options.natsUrl, '--region', options.region, '--host-id', hostId, '--listen', options.proxyListen,
       '--ca-dir', join(options.dataDir, 'proxy-ca'), '--autostop-interval', options.autostopInterval ?? '3m', ...(catalogUrl ? ['--catalog', catalogUrl] : []),

@@ -65,11 +65,12 @@ export function registerDaemons(program: Command): void {
     .option('--memory-mb <n>')
     .option('--catalog-url <url>', "the host's catalog node API")
     .option('--mesh-endpoint <ip:port>', "this host's WireGuard endpoint (announced to the other hosts)")
+    .option('--internal-dns', "Machines resolve through the host's .internal DNS")
     .option('--gossip-addr <addr>', "the host's catalog gossip address")
     .option('--proxy-addr <addr>', "where other hosts' proxies reach this host's proxy (backhaul), recorded in the catalog")
     .action(async (opts) => {
       await runAgentProcess({
-        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, meshEndpoint: opts.meshEndpoint, proxyAddr: opts.proxyAddr,
+        catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, meshEndpoint: opts.meshEndpoint, internalDns: opts.internalDns === true, proxyAddr: opts.proxyAddr,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
       })
