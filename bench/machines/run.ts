@@ -1,4 +1,4 @@
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -32,6 +32,41 @@ async function pool<T>(count: number, concurrency: number, work: (i: number) => 
     while (next < count) { const i = next++; results[i] = await work(i) }
   }))
   return results
+}
+
+/** CPU ticks (user + system, own + reaped children) of every process now, by pid, with its name. */
+function cpuByProcess(): Map<number, { name: string; ticks: number; born: string }> {
+  const byPid = new Map<number, { name: string; ticks: number; born: string }>()
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      // Kernel workers rename themselves after the work they do: the name is a label, not an identity.
+      byPid.set(Number(entry), { name: name.replace(/^(kworker)\/.*?-/, '$1 '), ticks: Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]), born: fields[19]! })
+    } catch { /* exited */ }
+  }
+  return byPid
+}
+
+/** CPU time (user + nice + system + irq + softirq) of the whole machine so far, ms. */
+function machineCpuMs(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
+  return (fields[0]! + fields[1]! + fields[2]! + fields[5]! + fields[6]!) * 10
+}
+
+/** Where the CPU of a stretch went, per process name (ms), from two snapshots; processes born in
+ * between count whole; the ones that came and went count in whoever reaped them. */
+function cpuSpent(before: ReturnType<typeof cpuByProcess>, after: ReturnType<typeof cpuByProcess>, label: (pid: number, name: string) => string): Map<string, number> {
+  const spent = new Map<string, number>()
+  for (const [pid, now] of after) {
+    const ticks = now.ticks - (before.get(pid)?.born === now.born ? before.get(pid)!.ticks : 0)
+    if (ticks <= 0) continue
+    const key = label(pid, now.name)
+    spent.set(key, (spent.get(key) ?? 0) + ticks * 10)
+  }
+  return spent
 }
 
 function rssKiB(pid: number): number {
@@ -125,15 +160,26 @@ async function hangar(platform: Platform, image: string) {
 
   const agentPid = platform.agentPid()!
   const rssBefore = rssKiB(agentPid)
+  const cpuBefore = cpuByProcess()
+  const machineCpuBefore = machineCpuMs()
   const burstStart = process.hrtime.bigint()
   const burst = await pool(BURST, CONCURRENCY, () => post('/v1/apps/bench/machines', { config }) as Promise<Machine>)
   const burstSeconds = ms(burstStart) / 1000
+  // For `perf record -k CLOCK_MONOTONIC` + `perf report --time START,END`: the burst's window.
+  if (process.env.HANGAR_BENCH_MARK_BURST) process.stderr.write(`burst window (CLOCK_MONOTONIC s): ${(Number(burstStart) / 1e9).toFixed(6)},${(Number(process.hrtime.bigint()) / 1e9).toFixed(6)}\n`)
+  const label = (pid: number, name: string) => (pid === process.pid ? 'API + bench client' : pid === agentPid ? 'agent' : name)
+  const spent = cpuSpent(cpuBefore, cpuByProcess(), label)
+  // Processes that lived under a clock tick each (conmon, crun create, …) round to nothing in
+  // /proc/<pid>/stat: the machine-wide counter has them.
+  const attributed = [...spent.values()].reduce((sum, v) => sum + v, 0)
+  spent.set('short-lived processes, unattributed', Math.max(0, machineCpuMs() - machineCpuBefore - attributed))
+  const cpuPerCreate = [...spent].map(([name, spentMs]) => [name, spentMs / BURST] as const).sort((a, b) => b[1] - a[1])
   await new Promise((r) => setTimeout(r, 1000))
   const rssAfter = rssKiB(agentPid)
   const conmonPids = (await runCommand('pgrep', ['-x', 'conmon'], { allowFailure: true })).stdout.split('\n').filter(Boolean).map(Number)
   const conmonKiB = conmonPids.reduce((sum, pid) => { try { return sum + rssKiB(pid) } catch { return sum } }, 0) / Math.max(conmonPids.length, 1)
   await pool(burst.length, CONCURRENCY, (i) => platform.fetch(`/v1/apps/bench/machines/${burst[i]!.id}?force=true`, { method: 'DELETE' }))
-  return { createLatency, stopLatency, startLatency, createsPerSecond: BURST / burstSeconds, agentKiBPerMachine: (rssAfter - rssBefore) / BURST, agentRssKiB: rssAfter, conmonKiB }
+  return { createLatency, stopLatency, startLatency, createsPerSecond: BURST / burstSeconds, agentKiBPerMachine: (rssAfter - rssBefore) / BURST, agentRssKiB: rssAfter, conmonKiB, cpuPerCreate }
 }
 
 async function main() {
@@ -162,6 +208,8 @@ async function main() {
       row('conmon (monitor) memory per running Machine', ours.conmonKiB / 1024, undefined, '', 'MiB'),
     ]
     process.stdout.write(lines.join('\n') + '\n')
+    const cpuTotal = ours.cpuPerCreate.reduce((sum, [, spent]) => sum + spent, 0)
+    process.stdout.write(`\nCPU per create during the burst (all processes, ms): ${cpuTotal.toFixed(1)} = ${ours.cpuPerCreate.filter(([, spent]) => spent >= 0.1).map(([name, spent]) => `${name} ${spent.toFixed(1)}`).join(', ')}\n`)
     process.stdout.write(`\nagent RSS with ${BURST} Machines running: ${(ours.agentRssKiB / 1024).toFixed(1)} MiB. Baseline: \`crun run --detach\` of the same busybox rootfs with the same namespaces and cgroup limits (its stop = crun kill + wait + delete; its start = a fresh run).\n`)
   } finally {
     await platform?.close()

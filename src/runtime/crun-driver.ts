@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, unlinkSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, unlinkSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs'
 import { readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
@@ -87,12 +87,36 @@ export class CrunDriver implements RuntimeDriver {
     // The guest's env (secrets included) is in there: readable by root only.
     writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config), { mode: 0o600 })
     const pid = await this.createUnderConmon(spec)
-    const started = await runCommand(this.crun, this.crunArgs('start', id), { allowFailure: true, timeoutMs: 30_000 })
-    if (started.code !== 0) {
+    try {
+      this.start(id)
+    } catch (err) {
       await this.remove(id)
-      throw new InternalError(`crun could not start the guest: ${started.stderr.trim()}`)
+      throw new InternalError(`crun could not start the guest: ${(err as Error).message}`)
     }
     return { pid }
+  }
+
+  /** `crun start`, without running crun: a created guest's init blocks reading `exec.fifo` in
+   * its state dir until a writer opens it; `crun start` opens it, unlinks it (a guest without the
+   * fifo is "running" to crun) and writes one byte (crun's status.c, libcrun_status_write_exec_fifo,
+   * the same in every release since 0.x). Doing those three syscalls here saves a crun process
+   * (about a millisecond of CPU) on every boot. Non-blocking: with no reader (the init already
+   * died) the open fails with ENXIO instead of hanging the agent. */
+  private start(machineId: string): void {
+    const fifo = join(this.crunRoot, machineId, 'exec.fifo')
+    let fd: number
+    try {
+      fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      throw new Error(code === 'ENXIO' ? 'the guest exited before it was started' : code === 'ENOENT' ? 'the guest has no exec.fifo (not in the created state)' : (err as Error).message)
+    }
+    try {
+      unlinkSync(fifo)
+      writeSync(fd, Buffer.of(0))
+    } finally {
+      closeSync(fd)
+    }
   }
 
   /** Starts conmon, which runs `crun create`, and waits on conmon's sync pipe for the guest's pid
