@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCommand } from '../src/core/command.js'
+import { crunDriverRunDir } from '../src/runtime/index.js'
 import { startRegistry, type TestRegistry } from './kit/registry.js'
 import { pushBusyboxImage, pushHttpServerImage } from './kit/images.js'
 import { startPlatform, type Platform } from './kit/platform.js'
@@ -53,7 +54,7 @@ const CASES: CrashCase[] = [
 ]
 
 async function guestFacts(p: Platform, machineId: string): Promise<{ guest: boolean; netns: boolean; mounted: boolean; dir: boolean }> {
-  const list = await runCommand('crun', ['--root', join(p.hostDir, 'runtime', 'crun'), 'list', '-q'], { allowFailure: true })
+  const list = await runCommand('crun', ['--root', join(crunDriverRunDir(join(p.hostDir, 'runtime')), 'crun'), 'list', '-q'], { allowFailure: true })
   const mountinfo = readFileSync('/proc/self/mountinfo', 'utf8')
   return {
     guest: list.stdout.split('\n').includes(machineId),

@@ -8,6 +8,7 @@ import { pushBusyboxImage, pushHttpServerImage, HTTP_SERVER_BODY, type LayerEntr
 import { startAgentHost, type AgentHost } from './kit/agent-host.js'
 import { isIllegalState, isNotFound, type CreateMachineRequest, type MachineConfig } from '../src/core/index.js'
 import { eventually } from './kit/eventually.js'
+import { GUEST_INIT_PATH } from '../src/runtime/index.js'
 
 // The agent with real parts: crun guests under conmon, images from a real registry, overlay
 // rootfs, network namespaces. Each user-visible behaviour of a Machine's lifecycle.
@@ -88,7 +89,7 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
     const machine = await create({ image: http })
     // tini execs the main process a moment after the guest is started.
     const ps = await eventually('httpd in the process list', async () => { const list = await agent.processes(app, machine.id); return list.some((p) => p.command.startsWith('httpd')) ? list : undefined })
-    assert.ok(ps.some((p) => p.command.startsWith('/.hangar/tini')))
+    assert.ok(ps.some((p) => p.command.startsWith(GUEST_INIT_PATH)))
     await agent.destroyMachine(app, machine.id, { force: true })
     assert.equal(agent.getMachine(app, machine.id).state, 'destroyed')
   })
@@ -110,7 +111,8 @@ test('agent: Machines from registry images through their whole lifecycle', { tim
     assert.equal((await agent.execMachine(app, machine.id, { command: ['cat', '/boot.log'] })).stdout, 'booted\n', 'resume is not a reboot')
 
     const macBefore = (await agent.execMachine(app, machine.id, { command: ['cat', '/sys/class/net/eth0/address'] })).stdout
-    assert.equal((statSync(join(host!.dataDir, 'machines', machine.id, 'config.json')).mode & 0o777), 0o600, 'the bundle (with the env) is root-only')
+    assert.equal((statSync(join(host!.driver.bundleDir(machine.id), 'config.json')).mode & 0o777), 0o600, 'the bundle (with the env) is root-only')
+    assert.equal((statSync(host!.driver.bundleDir(machine.id)).mode & 0o777), 0o700)
     await agent.stopMachine(app, machine.id, {})
     const stopped = agent.getMachine(app, machine.id)
     assert.equal(stopped.state, 'stopped')

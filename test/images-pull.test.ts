@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { createLogger, isInvalidArgument } from '../src/core/index.js'
 import { ImageStore, isImagePullError, listStoredLayers, type ImageStoreOptions } from '../src/images/index.js'
 import { startCountingRelay, startRegistry, type TestRegistry } from './kit/registry.js'
+import { eventually } from './kit/eventually.js'
 import {
   BUSYBOX_ENV, HTTP_SERVER_BODY, pushBusyboxImage, pushHttpServerImage, pushImage, pushIndex, pushMultiArchImage, busyboxLayerEntries,
   type PushedImage, type PushedIndex,
@@ -224,7 +225,7 @@ test('20 concurrent pulls fetch the manifest and each layer once; images sharing
 test('cached pulls: by digest without any request, by tag with one HEAD; get() never asks', async (t) => {
   const relay = await startCountingRelay(open.url)
   t.after(() => relay.stop())
-  const store = await newStore(t)
+  const store = await newStore(t, { tagReuseMs: 0 })
   const byTag = `${relay.host}/busybox:v1`
   const byDigest = `${relay.host}/busybox@${images.busybox!.digest}`
   assert.equal(store.get(byTag), undefined)
@@ -246,6 +247,23 @@ test('cached pulls: by digest without any request, by tag with one HEAD; get() n
   assert.equal(relay.requests.length, afterFirst + 1)
   t.diagnostic(`cached pull by digest ${digestMs.toFixed(2)} ms, by tag ${tagMs.toFixed(2)} ms`)
   assert.ok(digestMs < 20, `cached pull by digest took ${digestMs} ms`)
+})
+
+test('a tag resolved a moment ago is not asked again within tagReuseMs; after that it is', async (t) => {
+  const relay = await startCountingRelay(open.url)
+  t.after(() => relay.stop())
+  const store = await newStore(t, { tagReuseMs: 300 })
+  const byTag = `${relay.host}/busybox:v1`
+  const first = await store.pull(byTag)
+  const heads = () => relay.count('HEAD', /\/v2\/busybox\/manifests\/v1$/)
+  const afterFirst = heads()
+  for (let i = 0; i < 10; i++) assert.equal((await store.pull(byTag)).digest, first.digest)
+  assert.equal(heads(), afterFirst, 'a burst of pulls within the window sends no HEAD')
+  // The behaviour under test is a time window: wait for it to close, then the tag is asked again.
+  const windowEnds = performance.now() + 300
+  await eventually('the reuse window has closed', () => performance.now() > windowEnds)
+  assert.equal((await store.pull(byTag)).digest, first.digest)
+  assert.equal(heads(), afterFirst + 1)
 })
 
 test('a restarted store finds its cache on disk and sweeps the leftovers of a crashed pull', async (t) => {

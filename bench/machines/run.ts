@@ -87,7 +87,7 @@ async function crunBaseline(dir: string) {
     const bundleDir = join(dir, 'bundles', id)
     mkdirSync(bundleDir, { recursive: true })
     const config = buildOciConfig({
-      machineId: id, bundleDir, rootfs, args: ['/bin/sleep', '3600'], env: { PATH: '/bin' }, cwd: '/', user: { uid: 0, gid: 0 },
+      machineId: id, rootfs, args: ['/bin/sleep', '3600'], env: { PATH: '/bin' }, cwd: '/', user: { uid: 0, gid: 0 },
       hostname: id, netnsPath: '', memoryMb: 256, cpus: 1, cpuKind: 'shared', logPath: '', logMaxBytes: 0,
     }, { initPath: '/usr/bin/tini-static', cgroupsPath: `/hangar-bench-${suffix}/${id}`, openFiles: 1024 }) as { linux: { namespaces: Array<{ type: string; path?: string }> } }
     // A fresh network namespace (crun makes it) instead of joining a prepared one.

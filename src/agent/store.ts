@@ -147,9 +147,15 @@ export class AgentStore {
   readonly db: Database.Database
   private readonly statements
 
-  constructor(path: string) {
+  /** `exclusive`: the agent is the database's only user while it runs, so it holds the lock for
+   * good and keeps the WAL index in its own memory — no file locking or shared-memory reads on
+   * each of the dozen commits a Machine create makes. Others (host cleanup) open it after the
+   * agent has gone. */
+  constructor(path: string, options: { exclusive?: boolean } = {}) {
     mkdirSync(dirname(path), { recursive: true })
     this.db = new Database(path)
+    // Before the first access to the WAL (SQLite's rule for a heap-memory WAL index).
+    if (options.exclusive) this.db.pragma('locking_mode = EXCLUSIVE')
     this.db.pragma('journal_mode = WAL')
     this.db.pragma('synchronous = NORMAL')
     this.db.pragma('busy_timeout = 5000')

@@ -28,7 +28,9 @@ import { unpackLayer } from './layer-unpack.js'
 // and unpack each layer once. Caching policy (what a cached pull costs):
 //   - by digest ('app@sha256:…'): no network at all when the image is complete on disk;
 //   - by tag: one `HEAD /v2/<name>/manifests/<tag>`; if its Docker-Content-Digest is complete on
-//     disk, that is the answer (tags move, so they are always re-resolved, as `docker pull` does).
+//     disk, that is the answer (tags move, so they are re-resolved, as `docker pull` does) —
+//     except that a tag this store resolved less than `tagReuseMs` (1 s) ago is not asked again: a
+//     burst of creates from one image costs one HEAD per second, not one per Machine.
 // Use get() to look up a cached image without any network.
 
 export interface ImageStoreOptions {
@@ -43,6 +45,8 @@ export interface ImageStoreOptions {
   platform?: Platform
   /** How many layers of one image download and unpack at once (default 4). */
   layerConcurrency?: number
+  /** How long a tag's resolution is reused without a HEAD (default TAG_REUSE_MS; 0: always ask). */
+  tagReuseMs?: number
   /** Aborting it aborts pulls in flight and closes the store. */
   signal?: AbortSignal
 }
@@ -94,6 +98,9 @@ export interface PullOptions {
 }
 
 const MAX_INDEX_DEPTH = 2
+/** How long a tag's resolution is reused without asking the registry again. Short enough that a
+ * tag pushed and then run a moment later is seen (deploys use a fresh tag anyway). */
+export const TAG_REUSE_MS = 1_000
 
 export class ImageStore {
   readonly dataDir: string
@@ -101,10 +108,13 @@ export class ImageStore {
   private readonly client: RegistryClient
   private readonly platform: Platform
   private readonly layerConcurrency: number
+  private readonly tagReuseMs: number
   private readonly pulls = new SingleFlight<ImageContent>()
   private readonly blobFlights = new SingleFlight<string>()
   private readonly layerFlights = new SingleFlight<string>()
   private readonly contents = new Map<string, ImageContent>()
+  /** Tags resolved recently: reference → digest and when (performance.now()). */
+  private readonly resolvedTags = new Map<string, { digest: string; at: number }>()
   private readonly stopAll = new AbortController()
   private readonly ready: Promise<void>
   private closing: Promise<void> | undefined
@@ -114,6 +124,7 @@ export class ImageStore {
     this.logger = options.logger ?? silentLogger
     this.platform = options.platform ?? hostPlatform()
     this.layerConcurrency = Math.max(1, options.layerConcurrency ?? 4)
+    this.tagReuseMs = options.tagReuseMs ?? TAG_REUSE_MS
     this.client = new RegistryClient({ insecureRegistries: options.insecureRegistries ?? [], credentials: options.credentials, logger: this.logger })
     if (options.signal) {
       if (options.signal.aborted) this.stopAll.abort(options.signal.reason)
@@ -190,6 +201,11 @@ export class ImageStore {
       const cached = this.loadContent(topDigest, display)
       if (cached) return cached
     } else {
+      const recent = this.resolvedTags.get(display)
+      if (recent && performance.now() - recent.at < this.tagReuseMs) {
+        const cached = this.loadContent(recent.digest, display)
+        if (cached) return cached
+      }
       // A registry that answers HEAD oddly (405, or no Docker-Content-Digest) gets a plain GET below.
       const head = await this.client.headManifest(target, reference.tag ?? 'latest', signal).catch((err: unknown) => {
         if (isImagePullError(err, 'registry_error')) return { digest: undefined }
@@ -200,6 +216,7 @@ export class ImageStore {
         const cached = this.loadContent(topDigest, display)
         if (cached) {
           await this.writeTag(reference, topDigest)
+          this.resolvedTags.set(display, { digest: topDigest, at: performance.now() })
           this.logger.debug('image cached', { ref: display, digest: topDigest, ms: round(performance.now() - started) })
           return cached
         }
@@ -238,7 +255,10 @@ export class ImageStore {
 
     // Only now, with every layer in place, do the manifests and the tag become visible.
     for (const m of manifests) await this.writeBlob(m.digest, m.bytes)
-    if (reference.tag !== undefined && reference.digest === undefined) await this.writeTag(reference, top.digest)
+    if (reference.tag !== undefined && reference.digest === undefined) {
+      await this.writeTag(reference, top.digest)
+      this.resolvedTags.set(display, { digest: top.digest, at: performance.now() })
+    }
 
     const content: ImageContent = {
       digest: top.digest,

@@ -28,3 +28,4 @@ export {
 } from './rootfs.js'
 export type { RootfsImage, RootfsMount, RootfsPaths } from './rootfs.js'
 export * from './image-builder.js'
+export { mountMachinesPool, unmountMachinesPool, type MachinesPoolOptions } from './machines-pool.js'

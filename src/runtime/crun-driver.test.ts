@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { randomBytes } from 'node:crypto'
 import { CrunDriver } from './crun-driver.js'
+import { GUEST_INIT_PATH } from './oci-spec.js'
 import { readCpuUsageUs, readMemoryLimitBytes } from './cgroups.js'
 import type { GuestSpec } from './driver.js'
 import { ensureBridge, removeBridge, setupMachineNetwork, teardownMachineNetwork } from '../network/index.js'
@@ -43,9 +44,9 @@ test('crun driver: guests run isolated with limits, report exits and OOM kills, 
     ids.push(machineId)
     ordinal++
     const netnsPath = await setupMachineNetwork({ machineId, bridge, ipv4: `10.251.0.${ordinal}`, ipv4Prefix: 24, gatewayIpv4: '10.251.0.1', sixpn: `fdaa:0:1:0:9:0:${ordinal}:2` })
-    const bundleDir = join(dir, machineId)
-    mkdirSync(bundleDir)
-    return { machineId, bundleDir, rootfs, args, env: { PATH: '/bin', GREETING: 'hello' }, cwd: '/', user: { uid: 0, gid: 0 }, hostname: machineId, netnsPath, memoryMb: 64, cpus: 1, cpuKind: 'shared', logPath: join(bundleDir, 'ctr.log'), logMaxBytes: 1 << 20, ...extra }
+    const logDir = join(dir, machineId)
+    mkdirSync(logDir)
+    return { machineId, rootfs, args, env: { PATH: '/bin', GREETING: 'hello' }, cwd: '/', user: { uid: 0, gid: 0 }, hostname: machineId, netnsPath, memoryMb: 64, cpus: 1, cpuKind: 'shared', logPath: join(logDir, 'ctr.log'), logMaxBytes: 1 << 20, ...extra }
   }
 
   await t.test('a guest sees its own hostname, env, memory limit and network; its exit code is recorded', async () => {
@@ -110,7 +111,7 @@ test('crun driver: guests run isolated with limits, report exits and OOM kills, 
     const exec = await driver.exec(spec.machineId, ['sh', '-c', 'echo out; echo err >&2; exit 3'], { timeoutMs: 5000 })
     assert.deepEqual(exec, { exit_code: 3, exit_signal: 0, stdout: 'out\n', stderr: 'err\n' })
     const processes = await driver.processes(spec.machineId)
-    assert.ok(processes.some((p) => p.command.includes('/.hangar/tini')))
+    assert.ok(processes.some((p) => p.command.includes(GUEST_INIT_PATH)))
     assert.ok(processes.some((p) => p.command.includes('/bin/sh -c i=0')))
     await driver.remove(spec.machineId)
     assert.equal(await driver.status(spec.machineId), 'absent')

@@ -4,7 +4,7 @@ import { readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { runCommand } from '../core/command.js'
-import { InternalError, commandShell, signalNumber, type CommandShell, type ExecResponse, type Logger, type ProcessStat, silentLogger } from '../core/index.js'
+import { InternalError, commandShell, isMountpoint, signalNumber, type CommandShell, type ExecResponse, type Logger, type ProcessStat, silentLogger } from '../core/index.js'
 import { detectCgroups, prepareCgroups, readOomKills, type CgroupInfo } from './cgroups.js'
 import type { GuestExit, GuestSpec, GuestStatus, RuntimeDriver } from './driver.js'
 import { buildOciConfig } from './oci-spec.js'
@@ -14,9 +14,16 @@ import { buildOciConfig } from './oci-spec.js'
 // records the exit code in `<exits>/<id>` when the guest ends. conmon is not a child of the agent,
 // so killing or upgrading the agent never touches a running Machine; a restarted agent finds its
 // guests again with `crun list` and their exits in the exit directory.
+//
+// Everything here but the guests' logs lives in a tmpfs the driver mounts at /run/hangar-<hash>
+// (`runDir`): crun's state, each guest's bundle (config.json, conmon's pid, sync and attach
+// files) and the exit files — like runc's and containerd's state, it describes processes that a
+// reboot ends anyway. On disk it cost a dozen inode allocations per boot, and on ext4 without a
+// journal (this kind of host) every allocation first checks candidate inodes for a recent
+// delete, which made those allocations most of the CPU of a burst of creates.
 
 export interface CrunDriverOptions {
-  /** Driver state: crun's root, conmon's exit and socket dirs. */
+  /** Names this driver's state: its run dir is /run/hangar-<hash of stateDir>. */
   stateDir: string
   /** The parent cgroup of every guest of this host, e.g. "hangar-1a2b3c4d". */
   cgroupParent: string
@@ -27,11 +34,18 @@ export interface CrunDriverOptions {
   initPath?: string
 }
 
+/** Where a driver with this state dir keeps its volatile state; crun's root is `<it>/crun`.
+ * A short name: conmon puts attach sockets here too, and unix socket paths stop at 108 bytes. */
+export function crunDriverRunDir(stateDir: string): string {
+  return `/run/hangar-${createHash('sha256').update(stateDir).digest('hex').slice(0, 10)}`
+}
+
 export class CrunDriver implements RuntimeDriver {
   readonly name = 'crun'
+  private readonly runDir: string
   private readonly crunRoot: string
   private readonly exitDir: string
-  private readonly socketDir: string
+  private readonly bundlesDir: string
   private readonly crun: string
   private readonly conmon: string
   private readonly initPath: string
@@ -40,11 +54,10 @@ export class CrunDriver implements RuntimeDriver {
   private watcher: FSWatcher | undefined
 
   private constructor(private readonly options: CrunDriverOptions, private readonly cgroups: CgroupInfo) {
-    this.crunRoot = join(options.stateDir, 'crun')
-    this.exitDir = join(options.stateDir, 'exits')
-    // conmon puts attach sockets under this dir; unix socket paths are limited to 108 bytes, so
-    // it lives in /run under a short hash of the state dir rather than under a deep data dir.
-    this.socketDir = `/run/hangar-${createHash('sha256').update(options.stateDir).digest('hex').slice(0, 10)}`
+    this.runDir = crunDriverRunDir(options.stateDir)
+    this.crunRoot = join(this.runDir, 'crun')
+    this.exitDir = join(this.runDir, 'exits')
+    this.bundlesDir = join(this.runDir, 'bundles')
     this.crun = options.crunPath ?? '/usr/bin/crun'
     this.conmon = options.conmonPath ?? '/usr/bin/conmon'
     this.initPath = options.initPath ?? '/usr/bin/tini-static'
@@ -57,7 +70,8 @@ export class CrunDriver implements RuntimeDriver {
     }
     const cgroups = await prepareCgroups(options.logger)
     const driver = new CrunDriver(options, cgroups)
-    for (const dir of [driver.crunRoot, driver.exitDir, driver.socketDir]) mkdirSync(dir, { recursive: true })
+    await mountRunDir(driver.runDir)
+    for (const dir of [driver.crunRoot, driver.exitDir, driver.bundlesDir]) mkdirSync(dir, { recursive: true })
     driver.watcher = watch(driver.exitDir, (_event, filename) => {
       // conmon writes `<id>.XXXXXX` then renames it to `<id>`: only the final name counts.
       if (!filename || filename.includes('.')) return
@@ -73,6 +87,11 @@ export class CrunDriver implements RuntimeDriver {
     return `/${this.options.cgroupParent}/${machineId}`
   }
 
+  /** The guest's bundle: config.json, conmon's pid and sync files, the OOM marker. */
+  bundleDir(machineId: string): string {
+    return join(this.bundlesDir, machineId)
+  }
+
   private crunArgs(...args: string[]): string[] {
     return ['--root', this.crunRoot, ...args]
   }
@@ -83,9 +102,18 @@ export class CrunDriver implements RuntimeDriver {
     this.clearExit(id)
     // An earlier, interrupted launch may have left a container record behind.
     if (existsSync(join(this.crunRoot, id))) await runCommand(this.crun, this.crunArgs('delete', '-f', id), { allowFailure: true })
-    const config = buildOciConfig(spec, { initPath: this.initPath, cgroupsPath: this.cgroupsPathFor(id), openFiles: GUEST_OPEN_FILES })
+    const bundleDir = this.bundleDir(id)
+    rmSync(bundleDir, { recursive: true, force: true })
+    mkdirSync(bundleDir, { mode: 0o700 })
+    const boundFiles = (spec.files ?? []).map((file, i) => {
+      if (!file.path.startsWith('/')) throw new InternalError(`guest file path ${file.path} is not absolute`)
+      const source = join(bundleDir, `file-${i}`)
+      writeFileSync(source, file.content, { mode: 0o644 })
+      return { destination: file.path, source }
+    })
+    const config = buildOciConfig(spec, { initPath: this.initPath, cgroupsPath: this.cgroupsPathFor(id), openFiles: GUEST_OPEN_FILES, boundFiles })
     // The guest's env (secrets included) is in there: readable by root only.
-    writeFileSync(join(spec.bundleDir, 'config.json'), JSON.stringify(config), { mode: 0o600 })
+    writeFileSync(join(bundleDir, 'config.json'), JSON.stringify(config), { mode: 0o600 })
     const pid = await this.createUnderConmon(spec)
     try {
       this.start(id)
@@ -128,23 +156,25 @@ export class CrunDriver implements RuntimeDriver {
 
   private conmonArgs(spec: GuestSpec): string[] {
     const id = spec.machineId
+    const bundleDir = this.bundleDir(id)
     return [
       '--api-version', '1', '-c', id, '-u', id, '-n', id,
       '-r', this.crun, '--runtime-arg', '--root', '--runtime-arg', this.crunRoot,
-      '-b', spec.bundleDir, '-p', join(spec.bundleDir, 'pid'), '-P', join(spec.bundleDir, 'conmon.pid'),
+      '-b', bundleDir, '-p', join(bundleDir, 'pid'), '-P', join(bundleDir, 'conmon.pid'),
       '-l', `k8s-file:${spec.logPath}`, '--log-size-max', String(spec.logMaxBytes),
-      '--exit-dir', this.exitDir, '--socket-dir-path', this.socketDir,
+      '--exit-dir', this.exitDir, '--socket-dir-path', this.runDir,
       // conmon drops an `oom` marker in its persist dir when the guest is OOM-killed; keep it with the bundle.
-      '--persist-dir', spec.bundleDir,
+      '--persist-dir', bundleDir,
     ]
   }
 
   /** The same through the agent's command shell (no fork of the agent): conmon's sync "pipe" is
    * a file it writes `{"data": pid}` into once the guest is created; the agent waits for it. */
   private async createUnderConmonViaShell(spec: GuestSpec, shell: CommandShell): Promise<number> {
-    const syncFile = join(spec.bundleDir, 'conmon.sync')
+    const bundleDir = this.bundleDir(spec.machineId)
+    const syncFile = join(bundleDir, 'conmon.sync')
     writeFileSync(syncFile, '')
-    const started = await shell.run(this.conmon, this.conmonArgs(spec), { cwd: spec.bundleDir, env: { _OCI_SYNCPIPE: '3' }, fd3: syncFile, timeoutMs: 30_000 })
+    const started = await shell.run(this.conmon, this.conmonArgs(spec), { cwd: bundleDir, env: { _OCI_SYNCPIPE: '3' }, fd3: syncFile, timeoutMs: 30_000 })
     if (started.code !== 0) throw new InternalError(`conmon failed to start the guest: ${(started.stderr || `exit ${started.code}`).trim()}`)
     const deadline = Date.now() + 30_000
     for (let wait = 1; ; wait = Math.min(wait * 2, 20)) {
@@ -157,7 +187,7 @@ export class CrunDriver implements RuntimeDriver {
         if (message.data !== undefined) throw new InternalError(`the guest could not be created: ${(message.message ?? '').trim() || 'crun create failed'}`)
       }
       if (Date.now() > deadline) throw new InternalError('conmon did not report the guest within 30 s')
-      if (await this.monitorGone(spec.bundleDir) && existsSync(join(spec.bundleDir, 'conmon.pid')) && readFileSync(syncFile, 'utf8') === '') {
+      if (await this.monitorGone(spec.machineId) && existsSync(join(bundleDir, 'conmon.pid')) && readFileSync(syncFile, 'utf8') === '') {
         throw new InternalError('conmon exited before reporting the guest')
       }
       await new Promise((r) => setTimeout(r, wait))
@@ -168,7 +198,7 @@ export class CrunDriver implements RuntimeDriver {
     const args = this.conmonArgs(spec)
     return new Promise((resolve, reject) => {
       const child = spawn(this.conmon, args, {
-        cwd: spec.bundleDir,
+        cwd: this.bundleDir(spec.machineId),
         stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
         env: { ...process.env, _OCI_SYNCPIPE: '3' },
         detached: true,
@@ -275,9 +305,9 @@ export class CrunDriver implements RuntimeDriver {
   }
 
   /** The guest has gone but its monitor left no exit file (it was killed too): report that. */
-  async monitorGone(bundleDir: string): Promise<boolean> {
+  async monitorGone(machineId: string): Promise<boolean> {
     try {
-      const pid = Number(readFileSync(join(bundleDir, 'conmon.pid'), 'utf8').trim())
+      const pid = Number(readFileSync(join(this.bundleDir(machineId), 'conmon.pid'), 'utf8').trim())
       process.kill(pid, 0)
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
       return !cmdline.startsWith(this.conmon) && !cmdline.startsWith('conmon')
@@ -287,8 +317,8 @@ export class CrunDriver implements RuntimeDriver {
   }
 
   async remove(machineId: string): Promise<void> {
-    if (!existsSync(join(this.crunRoot, machineId))) return
-    await runCommand(this.crun, this.crunArgs('delete', '-f', machineId), { allowFailure: true, timeoutMs: 30_000 })
+    if (existsSync(join(this.crunRoot, machineId))) await runCommand(this.crun, this.crunArgs('delete', '-f', machineId), { allowFailure: true, timeoutMs: 30_000 })
+    rmSync(this.bundleDir(machineId), { recursive: true, force: true })
   }
 
   clearExit(machineId: string): void {
@@ -354,8 +384,18 @@ export class CrunDriver implements RuntimeDriver {
     for (const mount of allCgroupMounts()) {
       try { rmdirSync(join(mount, this.options.cgroupParent)) } catch { /* absent or still in use */ }
     }
-    rmSync(this.socketDir, { recursive: true, force: true })
+    if (isMountpoint(this.runDir)) await runCommand('busybox', ['umount', this.runDir], { allowFailure: true })
+    rmSync(this.runDir, { recursive: true, force: true })
   }
+}
+
+/** The run dir is a tmpfs of its own (64 MiB is room for thousands of guests' few KiB each):
+ * /run is not a tmpfs on every host, and a disk is the wrong place for this churn. Idempotent;
+ * a mount left by an earlier agent is reused with everything in it. */
+async function mountRunDir(runDir: string): Promise<void> {
+  if (isMountpoint(runDir)) return
+  mkdirSync(runDir, { recursive: true, mode: 0o700 })
+  await runCommand('busybox', ['mount', '-t', 'tmpfs', '-o', 'mode=0700,size=64m', 'hangar-run', runDir])
 }
 
 /** Every cgroup hierarchy's mount point: crun makes the guest's cgroup in each, named ones too. */

@@ -7,8 +7,6 @@ import type { ExecResponse, ProcessStat } from '../core/index.js'
 
 export interface GuestSpec {
   machineId: string
-  /** Per-Machine directory for the driver's files (bundle, pid files, log). Must exist. */
-  bundleDir: string
   /** The mounted copy-on-write root filesystem. */
   rootfs: string
   /** The main process argv, before the init (tini) the driver puts in front of it. */
@@ -22,6 +20,9 @@ export interface GuestSpec {
   memoryMb: number
   cpus: number
   cpuKind: 'shared' | 'performance'
+  /** Small files the guest sees at these absolute paths (/etc/hosts, /etc/resolv.conf…), bind-
+   * mounted from the driver's state rather than written into the rootfs: nothing to copy up. */
+  files?: Array<{ path: string; content: string }>
   /** Where the guest's stdout/stderr go; bounded by `logMaxBytes`. */
   logPath: string
   logMaxBytes: number

@@ -3,8 +3,9 @@ import type { GuestSpec } from './driver.js'
 // Builds the OCI runtime config for a Machine (host-facts §6: a Machine as crun + conmon + tini).
 // Pure: the same spec always gives the same config, so it is tested without crun.
 
-/** Where the host's static tini is bind-mounted inside every guest; it runs as PID 1. */
-export const GUEST_INIT_PATH = '/.hangar/tini'
+/** Where the host's static tini is bind-mounted inside every guest; it runs as PID 1. Inside the
+ * guest's /dev (a tmpfs of its own), so the mountpoint never has to be made in the rootfs. */
+export const GUEST_INIT_PATH = '/dev/.hangar/tini'
 
 // Docker's default capability set: a Machine's root can bind low ports, chown, setuid, etc.
 const DEFAULT_CAPABILITIES = [
@@ -35,7 +36,7 @@ export function cgroupLimitsFor(guest: { memoryMb: number; cpus: number; cpuKind
   }
 }
 
-export function buildOciConfig(spec: GuestSpec, options: { initPath: string; cgroupsPath: string; openFiles: number }): Record<string, unknown> {
+export function buildOciConfig(spec: GuestSpec, options: { initPath: string; cgroupsPath: string; openFiles: number; boundFiles?: Array<{ destination: string; source: string }> }): Record<string, unknown> {
   const limits = cgroupLimitsFor(spec)
   const env = Object.entries(spec.env).map(([k, v]) => `${k}=${v}`)
   return {
@@ -69,6 +70,7 @@ export function buildOciConfig(spec: GuestSpec, options: { initPath: string; cgr
       { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
       { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
       { destination: GUEST_INIT_PATH, type: 'bind', source: options.initPath, options: ['bind', 'ro', 'nosuid', 'nodev'] },
+      ...(options.boundFiles ?? []).map((file) => ({ destination: file.destination, type: 'bind', source: file.source, options: ['bind', 'nosuid', 'nodev'] })),
     ],
     linux: {
       cgroupsPath: options.cgroupsPath,
