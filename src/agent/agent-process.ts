@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { Bus, SUBJECTS } from '../bus/index.js'
 import { createLogger, enableCommandShell, type Logger, type Machine } from '../core/index.js'
-import { ImageStore, prepareRootfs, releaseRootfs, resetRootfs, type PulledImage } from '../images/index.js'
+import { ImageStore, mountMachinesPool, prepareRootfs, releaseRootfs, resetRootfs, type PulledImage } from '../images/index.js'
 import { bridgeNameFor, defaultMachineSubnet, loadOrCreatePrivateKey, overlayAddressFor, wireguardPublicKey } from '../network/index.js'
 import { CrunDriver } from '../runtime/index.js'
 import { Agent } from './agent.js'
@@ -39,6 +39,9 @@ export interface AgentProcessOptions {
   internalDns?: boolean
   /** Where other hosts reach this host's WireGuard (underlay ip:port), when the host runs the mesh. */
   meshEndpoint?: string
+  /** The size cap of the host's pool for Machines' writable layers (images/machines-pool.ts);
+   * 0 keeps them on the data dir's own filesystem instead. */
+  machinesPoolGb?: number
   /** Fixed capacity, overriding the computed one (operators, and tests of placement). */
   capacityCpus?: number
   capacityMemoryMb?: number
@@ -83,6 +86,7 @@ export async function startAgent(options: AgentProcessOptions): Promise<RunningA
     logger,
   })
   const images = new ImageStore({ dataDir: join(options.dataDir, 'images'), logger, insecureRegistries: options.insecureRegistries })
+  if (options.machinesPoolGb !== 0) await mountMachinesPool(options.dataDir, { sizeGb: options.machinesPoolGb, logger })
   const startedAt = new Date().toISOString()
   const projection = options.catalogUrl ? new CatalogProjection(new CatalogClient(options.catalogUrl), hostId, logger) : undefined
   const publishChange = (machine: Machine) => {

@@ -2,15 +2,19 @@ import { existsSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { AgentStore, hostIdFor } from '../agent/index.js'
-import { listRootfsMounts, releaseRootfs, resetRootfs } from '../images/index.js'
+import { listRootfsMounts, releaseRootfs, resetRootfs, unmountMachinesPool } from '../images/index.js'
 import { bridgeNameFor, removeBridge, teardownMachineNetwork } from '../network/index.js'
 import { CrunDriver } from '../runtime/index.js'
 
 // `hangar down` on a host whose agent has stopped: stop every guest (Machines are recorded
-// `stopped`, as after a host shutdown), remove their namespaces and mounts, and the bridge.
+// `stopped`, as after a host shutdown), remove their namespaces and mounts, the machines pool's
+// mount, and the bridge.
 
 export async function cleanupHost(dataDir: string, options: { bridge?: string } = {}): Promise<{ stopped: number }> {
-  if (!existsSync(join(dataDir, 'agent.db'))) return { stopped: 0 }
+  if (!existsSync(join(dataDir, 'agent.db'))) {
+    await unmountMachinesPool(dataDir)
+    return { stopped: 0 }
+  }
   const hostId = hostIdFor(dataDir)
   const store = new AgentStore(join(dataDir, 'agent.db'))
   const driver = await CrunDriver.create({ stateDir: join(dataDir, 'runtime'), cgroupParent: `hangar-${createHash('sha256').update(hostId).digest('hex').slice(0, 8)}` })
@@ -34,6 +38,7 @@ export async function cleanupHost(dataDir: string, options: { bridge?: string } 
     }
     for (const id of await driver.list()) await driver.remove(id)
     for (const mount of await listRootfsMounts(join(dataDir, 'machines'))) await releaseRootfs(mount.machineDir).catch(() => undefined)
+    await unmountMachinesPool(dataDir)
     await removeBridge(options.bridge ?? bridgeNameFor(hostId))
   } finally {
     await driver.close()

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes, randomInt } from 'node:crypto'
 import { Agent, imagePort } from '../../src/agent/index.js'
-import { ImageStore, listRootfsMounts, releaseRootfs } from '../../src/images/index.js'
+import { ImageStore, listRootfsMounts, mountMachinesPool, releaseRootfs, unmountMachinesPool } from '../../src/images/index.js'
 import { CrunDriver } from '../../src/runtime/index.js'
 import { removeBridge, listMachineNetns, teardownMachineNetwork } from '../../src/network/index.js'
 import { createLogger, silentLogger } from '../../src/core/index.js'
@@ -36,6 +36,7 @@ export async function startAgentHost(options: { region?: string } = {}): Promise
   const logger = process.env.HANGAR_TEST_LOGS ? createLogger('agent') : silentLogger
   const driver = await CrunDriver.create({ stateDir: join(dataDir, 'runtime'), cgroupParent: `hangar-${hostId}`, logger })
   const images = new ImageStore({ dataDir: join(dataDir, 'images'), logger })
+  await mountMachinesPool(dataDir, { logger })
   const open = () => Agent.open({ hostId, region: options.region ?? 'tst', dataDir, driver, images: imagePort(images), bridge, machineSubnet: subnet, logger })
   const host: AgentHost = {
     agent: await open(), driver, images, dataDir, bridge, subnet, hostId,
@@ -53,6 +54,7 @@ export async function startAgentHost(options: { region?: string } = {}): Promise
       for (const mount of await listRootfsMounts(join(dataDir, 'machines'))) await releaseRootfs(mount.machineDir).catch(() => undefined)
       await driver.close()
       await images.close()
+      await unmountMachinesPool(dataDir)
       await removeBridge(bridge)
       rmSync(dataDir, { recursive: true, force: true })
     },
