@@ -76,7 +76,7 @@ export interface RunningAgent {
 
 export async function startAgent(options: AgentProcessOptions): Promise<RunningAgent> {
   const logger = options.logger ?? createLogger('agent')
-  // The host's tools run through one bash: forking the agent for each costs it ~1.6 ms of CPU.
+  // The host's tools run through one launcher process: forking the agent for each costs it ~1.6 ms of CPU.
   enableCommandShell()
   const hostId = options.hostId ?? hostIdFor(options.dataDir)
   const bus = await Bus.connect(options.natsUrl, { name: `agent-${hostId}`, logger })

@@ -462,40 +462,37 @@ export class Agent {
       this.logger.info('resuming an unfinished operation', { machine: machine.id, kind, step: steps[startAt]?.name ?? '(finished)' })
     }
     let result: unknown
-    // A step's `done` and the next step's `begin` are one transaction (the log is still written
-    // before each step runs); database-only steps share it too. Fewer commits per operation:
-    // a create is four transactions of step records instead of sixteen.
+    // One transaction from each step that touches the host to the next: the last one's `done`,
+    // every database-only step in between (their records and effects together), and the next
+    // one's `begin` — the log is still written before each step runs. A create commits six
+    // times instead of twenty.
     let unrecordedDone: string | undefined
     const recordDone = () => { if (unrecordedDone) this.store.recordStep(op.id, unrecordedDone, 'done'); unrecordedDone = undefined }
     try {
-      for (const step of steps.slice(startAt)) {
-        const inTransaction = step.runInTransaction
-        if (inTransaction) {
-          result = this.store.transaction(() => {
-            recordDone()
-            this.store.recordStep(op.id, step.name, 'begin')
-            const value = inTransaction(ctx)
-            this.store.recordStep(op.id, step.name, 'done')
-            return value
-          })
-          this.maybeCrash(kind, step.name, 'begin')
-          this.maybeCrash(kind, step.name, 'done')
-          continue
-        }
+      let i = startAt
+      for (;;) {
+        const ranInTransaction: string[] = []
+        let next: Step | undefined
         this.store.transaction(() => {
           recordDone()
-          this.store.recordStep(op.id, step.name, 'begin')
+          for (let step = steps[i]; step?.runInTransaction; step = steps[++i]) {
+            this.store.recordStep(op.id, step.name, 'begin')
+            result = step.runInTransaction(ctx)
+            this.store.recordStep(op.id, step.name, 'done')
+            ranInTransaction.push(step.name)
+          }
+          next = steps[i]
+          if (next) this.store.recordStep(op.id, next.name, 'begin')
+          else this.store.finishOperation(op.id, 'done')
         })
-        this.maybeCrash(kind, step.name, 'begin')
-        result = await step.run(ctx)
-        unrecordedDone = step.name
-        if (this.crashPointsArmed()) { recordDone(); this.maybeCrash(kind, step.name, 'done') }
+        for (const name of ranInTransaction) { this.maybeCrash(kind, name, 'begin'); this.maybeCrash(kind, name, 'done') }
+        if (!next) return result
+        this.maybeCrash(kind, next.name, 'begin')
+        result = await next.run(ctx)
+        unrecordedDone = next.name
+        if (this.crashPointsArmed()) { recordDone(); this.maybeCrash(kind, next.name, 'done') }
+        i++
       }
-      this.store.transaction(() => {
-        recordDone()
-        this.store.finishOperation(op.id, 'done')
-      })
-      return result
     } catch (err) {
       recordDone()
       this.logger.warn('operation failed', { machine: machine.id, kind, err })
@@ -576,11 +573,10 @@ export class Agent {
       case 'create': {
         const { launch } = params as unknown as CreateParams
         const leaseTtl = (params as unknown as CreateParams).leaseTtl
-        const issueLease: Step = {
-          name: 'issue_lease',
-          run: async () => leaseTtl ? this.acquireLease(m().app, machineId, { ttlSeconds: leaseTtl, description: 'lease created with the machine' }).data.nonce : undefined,
-        }
-        const record: Step = { name: 'record_created', run: async () => { this.setState(m(), launch ? 'creating' : 'created', { type: 'launch', status: 'created', source: 'user' }) } }
+        const lease = () => leaseTtl ? this.acquireLease(m().app, machineId, { ttlSeconds: leaseTtl, description: 'lease created with the machine' }).data.nonce : undefined
+        const issueLease: Step = { name: 'issue_lease', run: async () => lease(), runInTransaction: lease }
+        const recordCreated = () => { this.setState(m(), launch ? 'creating' : 'created', { type: 'launch', status: 'created', source: 'user' }) }
+        const record: Step = { name: 'record_created', run: async () => recordCreated(), runInTransaction: recordCreated }
         if (!launch) return [record, issueLease]
         return [record, enter('starting'), ...bootSteps, enter('started', { type: 'start', source: 'user' }), issueLease]
       }

@@ -33,45 +33,54 @@ export class ApiStore {
     this.db.exec(SCHEMA)
   }
 
+  private readonly statements = new Map<string, Database.Statement>()
+
+  /** A prepared statement, prepared once per SQL text (a create asks for several). */
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text)
+    if (!statement) { statement = this.db.prepare(text); this.statements.set(text, statement) }
+    return statement
+  }
+
   createOrg(slug: string, name = slug): OrgRow {
     const existing = this.getOrg(slug)
     if (existing) return existing
-    const max = this.db.prepare('SELECT COALESCE(MAX(network), 0) AS n FROM orgs').get() as { n: number }
+    const max = this.sql('SELECT COALESCE(MAX(network), 0) AS n FROM orgs').get() as { n: number }
     const org: OrgRow = { slug, name, network: max.n + 1, createdAt: new Date().toISOString() }
-    this.db.prepare('INSERT INTO orgs (slug, name, network, created_at) VALUES (?, ?, ?, ?)').run(org.slug, org.name, org.network, org.createdAt)
+    this.sql('INSERT INTO orgs (slug, name, network, created_at) VALUES (?, ?, ?, ?)').run(org.slug, org.name, org.network, org.createdAt)
     return org
   }
 
   getOrg(slug: string): OrgRow | undefined {
-    const row = this.db.prepare('SELECT * FROM orgs WHERE slug = ?').get(slug) as { slug: string; name: string; network: number; created_at: string } | undefined
+    const row = this.sql('SELECT * FROM orgs WHERE slug = ?').get(slug) as { slug: string; name: string; network: number; created_at: string } | undefined
     return row ? { slug: row.slug, name: row.name, network: row.network, createdAt: row.created_at } : undefined
   }
 
   listOrgs(): OrgRow[] {
-    return (this.db.prepare('SELECT * FROM orgs ORDER BY slug').all() as Array<{ slug: string; name: string; network: number; created_at: string }>)
+    return (this.sql('SELECT * FROM orgs ORDER BY slug').all() as Array<{ slug: string; name: string; network: number; created_at: string }>)
       .map((row) => ({ slug: row.slug, name: row.name, network: row.network, createdAt: row.created_at }))
   }
 
   /** Inserts the app; false when the name is taken (by any org: names are global, as on Fly). */
   createApp(app: AppRow): boolean {
-    const result = this.db.prepare('INSERT OR IGNORE INTO apps (name, org, network, primary_region, created_at) VALUES (?, ?, ?, ?, ?)').run(app.name, app.org, app.network, app.primaryRegion, app.createdAt)
+    const result = this.sql('INSERT OR IGNORE INTO apps (name, org, network, primary_region, created_at) VALUES (?, ?, ?, ?, ?)').run(app.name, app.org, app.network, app.primaryRegion, app.createdAt)
     return result.changes === 1
   }
 
   getApp(name: string): AppRow | undefined {
-    const row = this.db.prepare('SELECT * FROM apps WHERE name = ?').get(name) as { name: string; org: string; network: number; primary_region: string; created_at: string } | undefined
+    const row = this.sql('SELECT * FROM apps WHERE name = ?').get(name) as { name: string; org: string; network: number; primary_region: string; created_at: string } | undefined
     return row ? { name: row.name, org: row.org, network: row.network, primaryRegion: row.primary_region, createdAt: row.created_at } : undefined
   }
 
   listApps(org?: string): AppRow[] {
-    const rows = (org ? this.db.prepare('SELECT * FROM apps WHERE org = ? ORDER BY name').all(org) : this.db.prepare('SELECT * FROM apps ORDER BY name').all()) as Array<{ name: string; org: string; network: number; primary_region: string; created_at: string }>
+    const rows = (org ? this.sql('SELECT * FROM apps WHERE org = ? ORDER BY name').all(org) : this.sql('SELECT * FROM apps ORDER BY name').all()) as Array<{ name: string; org: string; network: number; primary_region: string; created_at: string }>
     return rows.map((row) => ({ name: row.name, org: row.org, network: row.network, primaryRegion: row.primary_region, createdAt: row.created_at }))
   }
 
   deleteApp(name: string): void {
     this.db.transaction(() => {
-      this.db.prepare('DELETE FROM apps WHERE name = ?').run(name)
-      this.db.prepare('DELETE FROM machine_hosts WHERE app = ?').run(name)
+      this.sql('DELETE FROM apps WHERE name = ?').run(name)
+      this.sql('DELETE FROM machine_hosts WHERE app = ?').run(name)
       // What other parts keep per app (secrets, releases) goes with it: a new app of the same
       // name, perhaps in another org, must not inherit it.
       for (const hook of this.appDeletedHooks) hook(name)
@@ -89,17 +98,17 @@ export class ApiStore {
   }
 
   indexMachine(machineId: string, app: string, hostId: string, state: string): void {
-    this.db.prepare('INSERT INTO machine_hosts (machine_id, app, host_id, state, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET host_id = excluded.host_id, state = excluded.state, updated_at = excluded.updated_at')
+    this.sql('INSERT INTO machine_hosts (machine_id, app, host_id, state, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET host_id = excluded.host_id, state = excluded.state, updated_at = excluded.updated_at')
       .run(machineId, app, hostId, state, Date.now())
   }
 
   machineHost(machineId: string): { app: string; hostId: string; state: string } | undefined {
-    const row = this.db.prepare('SELECT app, host_id, state FROM machine_hosts WHERE machine_id = ?').get(machineId) as { app: string; host_id: string; state: string } | undefined
+    const row = this.sql('SELECT app, host_id, state FROM machine_hosts WHERE machine_id = ?').get(machineId) as { app: string; host_id: string; state: string } | undefined
     return row ? { app: row.app, hostId: row.host_id, state: row.state } : undefined
   }
 
   machineCounts(app: string): { total: number; live: number } {
-    const row = this.db.prepare("SELECT COUNT(*) AS total, SUM(state != 'destroyed') AS live FROM machine_hosts WHERE app = ?").get(app) as { total: number; live: number | null }
+    const row = this.sql("SELECT COUNT(*) AS total, SUM(state != 'destroyed') AS live FROM machine_hosts WHERE app = ?").get(app) as { total: number; live: number | null }
     return { total: row.total, live: row.live ?? 0 }
   }
 
@@ -108,12 +117,12 @@ export class ApiStore {
   createStaticToken(org: string, name: string): string {
     if (this.tokenIssuer) return this.tokenIssuer(org, name)
     const token = `hgt_${randomBytes(24).toString('base64url')}`
-    this.db.prepare('INSERT INTO static_tokens (hash, org, name, created_at) VALUES (?, ?, ?, ?)').run(hashToken(token), org, name, new Date().toISOString())
+    this.sql('INSERT INTO static_tokens (hash, org, name, created_at) VALUES (?, ?, ?, ?)').run(hashToken(token), org, name, new Date().toISOString())
     return token
   }
 
   staticTokenOrg(token: string): string | undefined {
-    const row = this.db.prepare('SELECT org FROM static_tokens WHERE hash = ?').get(hashToken(token)) as { org: string } | undefined
+    const row = this.sql('SELECT org FROM static_tokens WHERE hash = ?').get(hashToken(token)) as { org: string } | undefined
     return row?.org
   }
 

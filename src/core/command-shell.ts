@@ -4,15 +4,88 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { CommandResult } from './command.js'
 
-// Runs the host's tools (ip, mount, crun) through one long-lived `bash` instead of forking the
-// agent for each. Node forks the whole calling process to spawn a child; in the agent (100+ MB)
-// that fork took ~1.6 ms of main-thread CPU per tool, half of all the agent's CPU per Machine
-// create (measured with --cpu-prof: ChildProcess.spawn at 796 of 1635 busy ms). bash forks
-// itself (a few MB) in the background instead, and the agent only writes a line.
+// Runs the host's tools (ip, mount, crun) through one long-lived launcher process instead of
+// forking the agent for each. Node forks the whole calling process to spawn a child; in the agent
+// (100+ MB) that fork took ~1.6 ms of main-thread CPU per tool, half of all the agent's CPU per
+// Machine create (measured with --cpu-prof: ChildProcess.spawn at 796 of 1635 busy ms).
 //
-// Protocol: for request N the agent writes `{ (echo "P N $BASHPID"; exec cmd … <in >out 2>err);
-// echo "D N $?"; } &` — the subshell reports its pid (for timeouts), execs the tool in place, and
-// the group reports its exit status; output is read from files in a private tmpfs directory.
+// The launcher is a few lines of Perl (perl-base is Essential on Debian: every machine has it),
+// not bash: bash needs two forks per background command (a subshell to report the exit status
+// and one for the command), Perl forks once — it execs the tool in the child and learns its
+// status from waitpid after a SIGCHLD — and no shell quoting is involved at all.
+//
+// Protocol: each request is NUL-separated fields — id, cwd, stdin path, stdout path, stderr
+// path, fd-3 path (each possibly empty), the number of env pairs and the pairs, the argc and the
+// argv. The launcher answers `P <id> <pid>` once the tool runs (for timeouts) and `D <id>
+// <status>` when it ends (128+N when killed by signal N). Output goes to files in a private
+// tmpfs directory.
+
+const LAUNCHER = String.raw`
+use strict; use warnings; use POSIX (); use IO::Select; use Fcntl;
+$| = 1;
+my (%ids, $buf, @fields);
+$buf = '';
+pipe(my $wake_r, my $wake_w) or die "pipe: $!";
+$SIG{CHLD} = sub { syswrite($wake_w, 'x') };
+my $select = IO::Select->new(\*STDIN, $wake_r);
+sub reap {
+  while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
+    my $id = delete $ids{$pid};
+    my $status = ($? & 127) ? 128 + ($? & 127) : ($? >> 8);
+    print "D $id $status\n" if defined $id;
+  }
+}
+sub launch {
+  my ($id, $cwd, $in, $out, $err, $fd3, $env, $argv) = @_;
+  my $pid = fork();
+  if (!defined $pid) { print "D $id 126\n"; return }
+  if ($pid == 0) {
+    $SIG{CHLD} = 'DEFAULT';
+    open(STDIN, '<', length $in ? $in : '/dev/null') or POSIX::_exit(126);
+    open(STDOUT, '>', $out) or POSIX::_exit(126);
+    open(STDERR, '>', $err) or POSIX::_exit(126);
+    if (length $cwd && !chdir $cwd) { print STDERR "cannot cd to $cwd: $!\n"; POSIX::_exit(126) }
+    if (length $fd3) {
+      open(my $f, '>', $fd3) or POSIX::_exit(126);
+      POSIX::dup2(fileno($f), 3) if fileno($f) != 3;
+      fcntl(3, F_SETFD, 0);
+    }
+    while (my ($k, $v) = splice(@$env, 0, 2)) { $ENV{$k} = $v }
+    exec { $argv->[0] } @$argv;
+    print STDERR "cannot run $argv->[0]: $!\n";
+    POSIX::_exit(127);
+  }
+  $ids{$pid} = $id;
+  print "P $id $pid\n";
+}
+sub parse {
+  while (1) {
+    return if @fields < 7;
+    my $nenv = $fields[6];
+    return if @fields < 8 + 2 * $nenv;
+    my $argc = $fields[7 + 2 * $nenv];
+    return if @fields < 8 + 2 * $nenv + $argc;
+    my @head = splice(@fields, 0, 7);
+    my @env = splice(@fields, 0, 2 * $nenv);
+    shift @fields;
+    my @argv = splice(@fields, 0, $argc);
+    launch(@head[0..5], \@env, \@argv);
+  }
+}
+while (1) {
+  for my $fh ($select->can_read) {
+    if ($fh == $wake_r) { sysread($wake_r, my $x, 4096); reap(); next }
+    my $n = sysread(STDIN, my $chunk, 65536);
+    if (!defined $n) { next if $!{EINTR}; exit 0 }
+    exit 0 if $n == 0;
+    $buf .= $chunk;
+    my @parts = split(/\0/, $buf, -1);
+    $buf = pop @parts;
+    push @fields, @parts;
+    parse();
+  }
+}
+`
 
 interface Pending {
   resolve: (result: CommandResult) => void
@@ -21,8 +94,6 @@ interface Pending {
   timer?: NodeJS.Timeout
   maxOutputBytes: number
 }
-
-const quote = (value: string) => `'${value.replace(/'/g, `'\\''`)}'`
 
 export class CommandShell {
   private shell: ChildProcess | undefined
@@ -37,14 +108,14 @@ export class CommandShell {
   private ensure(): ChildProcess {
     if (this.shell && this.shell.exitCode === null && !this.shell.killed) return this.shell
     mkdirSync(this.dir, { recursive: true, mode: 0o700 })
-    const shell = spawn('bash', ['--norc', '--noprofile'], { stdio: ['pipe', 'pipe', 'inherit'] })
+    const shell = spawn('perl', ['-e', LAUNCHER], { stdio: ['pipe', 'pipe', 'inherit'] })
     const lines = createInterface({ input: shell.stdout! })
     lines.on('line', (line) => this.onLine(line))
     shell.once('exit', () => {
       if (this.shell === shell) this.shell = undefined
       for (const [id, pending] of this.pending) {
         if (pending.timer) clearTimeout(pending.timer)
-        pending.reject(new Error('the command shell exited'))
+        pending.reject(new Error('the command launcher exited'))
         this.pending.delete(id)
       }
     })
@@ -54,7 +125,7 @@ export class CommandShell {
     return shell
   }
 
-  /** An idle shell must not keep Node running; one with commands in flight must. */
+  /** An idle launcher must not keep Node running; one with commands in flight must. */
   private hold(busy: boolean): void {
     const shell = this.shell
     if (!shell) return
@@ -86,18 +157,19 @@ export class CommandShell {
 
   /** `env` adds variables for this command only; `fd3` opens that file as the command's fd 3. */
   run(command: string, args: readonly string[], options: { input?: string | Buffer; cwd?: string; timeoutMs?: number; maxOutputBytes?: number; env?: Record<string, string>; fd3?: string } = {}): Promise<CommandResult> {
+    const env = Object.entries(options.env ?? {})
+    for (const [k] of env) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) return Promise.reject(new Error(`bad env name ${k}`))
+    const argv = [command, ...args]
     const shell = this.ensure()
     const id = this.nextId++
     const base = join(this.dir, String(id))
-    let stdin = '/dev/null'
+    let stdin = ''
     if (options.input !== undefined) {
       writeFileSync(`${base}.in`, options.input)
       stdin = `${base}.in`
     }
-    const cd = options.cwd ? `cd ${quote(options.cwd)} && ` : ''
-    const env = Object.entries(options.env ?? {}).map(([k, v]) => { if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`); return `export ${k}=${quote(v)}; ` }).join('')
-    const fd3 = options.fd3 ? ` 3>${quote(options.fd3)}` : ''
-    const line = `{ (echo "P ${id} $BASHPID"; ${cd}${env}exec ${[command, ...args].map(quote).join(' ')} <${quote(stdin)} >${quote(`${base}.out`)} 2>${quote(`${base}.err`)}${fd3}); echo "D ${id} $?"; } &\n`
+    const fields = [String(id), options.cwd ?? '', stdin, `${base}.out`, `${base}.err`, options.fd3 ?? '', String(env.length), ...env.flat(), String(argv.length), ...argv]
+    if (fields.some((field) => field.includes('\0'))) return Promise.reject(new Error(`a NUL byte in the arguments of ${command}`))
     return new Promise((resolve, reject) => {
       const pending: Pending = { resolve, reject, maxOutputBytes: options.maxOutputBytes ?? 4 * 1024 * 1024 }
       if (options.timeoutMs) {
@@ -105,7 +177,7 @@ export class CommandShell {
       }
       this.pending.set(id, pending)
       if (this.pending.size === 1) this.hold(true)
-      shell.stdin!.write(line)
+      shell.stdin!.write(fields.join('\0') + '\0')
     })
   }
 
@@ -118,7 +190,7 @@ export class CommandShell {
 
 let shared: CommandShell | undefined
 
-/** Routes `runCommand` calls (those without their own env) through one bash (the agent turns this on). */
+/** Routes `runCommand` calls (those without their own env) through one launcher process (the agent turns this on). */
 export function enableCommandShell(): CommandShell {
   // Directories of shells whose process was killed (kill -9 leaves them): remove them.
   try {

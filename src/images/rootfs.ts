@@ -1,5 +1,5 @@
 import { runCommand } from '../core/command.js'
-import { readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { mkdir, readdir, realpath, rename, rm, rmdir, stat, symlink, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import { InternalError, InvalidArgumentError } from '../core/index.js'
@@ -79,6 +79,9 @@ export function prepareRootfs(image: RootfsImage, machineDir: string): Promise<s
   const paths = rootfsPaths(machineDir)
   return withMachineLock(paths.machineDir, async () => {
     if (image.layerDirs.length > MAX_LOWER_LAYERS) throw new InvalidArgumentError(`image has ${image.layerDirs.length} layers; overlayfs stacks at most ${MAX_LOWER_LAYERS}`)
+    // A Machine's first boot (or the first after a reset): nothing to compare, wipe or reuse —
+    // make the dirs with a handful of direct system calls and mount.
+    if (!existsSync(paths.overlayDir)) return mountFresh(image, paths)
     await mkdir(paths.rootfs, { recursive: true })
     await mkdir(paths.overlayDir, { recursive: true })
     const state = readState(paths)
@@ -104,10 +107,34 @@ export function prepareRootfs(image: RootfsImage, machineDir: string): Promise<s
 
     // Recorded before mounting, so a crash right after the mount still knows what is mounted.
     await writeState(paths, { manifestDigest: image.manifestDigest, layerDirs: image.layerDirs })
-    const lowerdir = topFirst.map((_, i) => String(i)).join(':')
-    await run('busybox', ['mount', '-t', 'overlay', ROOTFS_MOUNT_SOURCE, '-o', `lowerdir=${lowerdir},upperdir=../upper,workdir=../work`, paths.rootfs], paths.lower)
+    await mountOverlay(paths, topFirst.length)
     return paths.rootfs
   })
+}
+
+/** prepareRootfs for a Machine dir without an overlay dir yet. Crash-safe like the general path:
+ * the state file is written (directly: a torn one reads as "no image", which wipes) before the
+ * mount, and a rerun after a crash finds the overlay dir and takes the general path. */
+async function mountFresh(image: RootfsImage, paths: RootfsPaths): Promise<string> {
+  // The overlay dir last of the ones that may be left from an interrupted call: once it exists,
+  // reruns take the general path.
+  for (const dir of [paths.machineDir, paths.rootfs]) mkdirSync(dir, { recursive: true })
+  for (const dir of [paths.overlayDir, paths.upper, paths.work, paths.lower]) mkdirSync(dir)
+  const topFirst = [...image.layerDirs].reverse()
+  if (topFirst.length === 0) {
+    const empty = join(paths.overlayDir, 'empty')
+    mkdirSync(empty)
+    topFirst.push(empty)
+  }
+  topFirst.forEach((dir, i) => symlinkSync(resolve(dir), join(paths.lower, String(i))))
+  writeFileSync(paths.stateFile, JSON.stringify({ manifestDigest: image.manifestDigest, layerDirs: image.layerDirs } satisfies RootfsState))
+  await mountOverlay(paths, topFirst.length)
+  return paths.rootfs
+}
+
+function mountOverlay(paths: RootfsPaths, layers: number): Promise<void> {
+  const lowerdir = Array.from({ length: layers }, (_, i) => String(i)).join(':')
+  return run('busybox', ['mount', '-t', 'overlay', ROOTFS_MOUNT_SOURCE, '-o', `lowerdir=${lowerdir},upperdir=../upper,workdir=../work`, paths.rootfs], paths.lower)
 }
 
 /** Unmounts the rootfs and drops the Machine's writes; the next prepareRootfs starts from the image. */
