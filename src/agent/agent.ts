@@ -77,7 +77,9 @@ const DEFAULT_STOP_TIMEOUT_MS = 5_000
 const DEFAULT_STOP_SIGNAL = 'SIGINT'
 const KILL_GRACE_MS = 10_000
 const DEFAULT_MAX_RETRIES = 10
-const PUBLISH_COALESCE_MS = 15
+// How long a Machine's changes are gathered before its view goes out (NATS, catalog): long
+// enough that a create's creating → starting → started usually goes out once.
+const PUBLISH_COALESCE_MS = 40
 
 export class Agent {
   readonly store: AgentStore

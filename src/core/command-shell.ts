@@ -35,8 +35,21 @@ sub reap {
     print "D $id $status\n" if defined $id;
   }
 }
+my %paths;
+# Where a command is, looked up in PATH once (a long PATH costs every exec a string of ENOENTs).
+sub resolve {
+  my ($name) = @_;
+  return $name if index($name, '/') >= 0;
+  return $paths{$name} if exists $paths{$name};
+  for my $dir (split(/:/, $ENV{PATH} // '/usr/sbin:/usr/bin:/sbin:/bin')) {
+    my $candidate = "$dir/$name";
+    return $paths{$name} = $candidate if -f $candidate && -x _;
+  }
+  return $name;
+}
 sub launch {
   my ($id, $cwd, $in, $out, $err, $fd3, $env, $argv) = @_;
+  my $path = resolve($argv->[0]);
   my $pid = fork();
   if (!defined $pid) { print "D $id 126\n"; return }
   if ($pid == 0) {
@@ -51,7 +64,7 @@ sub launch {
       fcntl(3, F_SETFD, 0);
     }
     while (my ($k, $v) = splice(@$env, 0, 2)) { $ENV{$k} = $v }
-    exec { $argv->[0] } @$argv;
+    exec { $path } @$argv;
     print STDERR "cannot run $argv->[0]: $!\n";
     POSIX::_exit(127);
   }

@@ -77,6 +77,9 @@ export async function setupMachineNetwork(spec: MachineNetworkSpec): Promise<str
     input: [
       `netns add ${netns}`,
       `link add ${veth} type veth peer name eth0 netns ${netns}`,
+      // The host end is a bridge port and needs no IPv6 address of its own: without one the
+      // kernel skips its link-local address, duplicate-address detection and MLD reports.
+      `link set ${veth} addrgenmode none`,
       `link set ${veth} master ${spec.bridge} up`,
       `route replace ${spec.sixpn}/128 dev ${spec.bridge}`,
     ].join('\n') + '\n',
