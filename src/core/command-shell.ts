@@ -1,7 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
+import { PerlWorker } from './perl-worker.js'
 import type { CommandResult } from './command.js'
 
 // Runs the host's tools (ip, mount, crun) through one long-lived launcher process instead of
@@ -100,103 +99,47 @@ while (1) {
 }
 `
 
-interface Pending {
-  resolve: (result: CommandResult) => void
-  reject: (err: Error) => void
-  pid?: number
-  timer?: NodeJS.Timeout
-  maxOutputBytes: number
-}
-
 export class CommandShell {
-  private shell: ChildProcess | undefined
-  private readonly pending = new Map<number, Pending>()
-  private nextId = 1
+  private readonly worker = new PerlWorker('command launcher', LAUNCHER, new Set(['D']))
   private readonly dir: string
 
   constructor(dir = `/dev/shm/hangar-commands-${process.pid}`) {
     this.dir = dir
   }
 
-  private ensure(): ChildProcess {
-    if (this.shell && this.shell.exitCode === null && !this.shell.killed) return this.shell
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 })
-    const shell = spawn('perl', ['-e', LAUNCHER], { stdio: ['pipe', 'pipe', 'inherit'] })
-    const lines = createInterface({ input: shell.stdout! })
-    lines.on('line', (line) => this.onLine(line))
-    shell.once('exit', () => {
-      if (this.shell === shell) this.shell = undefined
-      for (const [id, pending] of this.pending) {
-        if (pending.timer) clearTimeout(pending.timer)
-        pending.reject(new Error('the command launcher exited'))
-        this.pending.delete(id)
-      }
-    })
-    shell.stdin!.on('error', () => undefined)
-    this.shell = shell
-    this.hold(false)
-    return shell
-  }
-
-  /** An idle launcher must not keep Node running; one with commands in flight must. */
-  private hold(busy: boolean): void {
-    const shell = this.shell
-    if (!shell) return
-    const handles = [shell, shell.stdin, shell.stdout] as unknown as Array<{ ref?: () => void; unref?: () => void } | null>
-    for (const handle of handles) busy ? handle?.ref?.() : handle?.unref?.()
-  }
-
-  private onLine(line: string): void {
-    const [kind, idText, value] = line.split(' ')
-    const id = Number(idText)
-    const pending = this.pending.get(id)
-    if (!pending) return
-    if (kind === 'P') { pending.pid = Number(value); return }
-    if (kind !== 'D') return
-    this.pending.delete(id)
-    if (pending.timer) clearTimeout(pending.timer)
-    if (this.pending.size === 0) this.hold(false)
-    const read = (suffix: string) => {
-      try {
-        const buffer = readFileSync(join(this.dir, `${id}.${suffix}`))
-        return buffer.subarray(0, pending.maxOutputBytes).toString()
-      } catch { return '' }
-    }
-    const code = Number(value)
-    const result: CommandResult = { code, signal: null, stdout: read('out'), stderr: read('err') }
-    for (const suffix of ['in', 'out', 'err']) rmSync(join(this.dir, `${id}.${suffix}`), { force: true })
-    pending.resolve(result)
-  }
-
   /** `env` adds variables for this command only; `fd3` opens that file as the command's fd 3. */
-  run(command: string, args: readonly string[], options: { input?: string | Buffer; cwd?: string; timeoutMs?: number; maxOutputBytes?: number; env?: Record<string, string>; fd3?: string } = {}): Promise<CommandResult> {
+  async run(command: string, args: readonly string[], options: { input?: string | Buffer; cwd?: string; timeoutMs?: number; maxOutputBytes?: number; env?: Record<string, string>; fd3?: string } = {}): Promise<CommandResult> {
     const env = Object.entries(options.env ?? {})
-    for (const [k] of env) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) return Promise.reject(new Error(`bad env name ${k}`))
+    for (const [k] of env) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`)
     const argv = [command, ...args]
-    const shell = this.ensure()
-    const id = this.nextId++
-    const base = join(this.dir, String(id))
-    let stdin = ''
-    if (options.input !== undefined) {
-      writeFileSync(`${base}.in`, options.input)
-      stdin = `${base}.in`
-    }
-    const fields = [String(id), options.cwd ?? '', stdin, `${base}.out`, `${base}.err`, options.fd3 ?? '', String(env.length), ...env.flat(), String(argv.length), ...argv]
-    if (fields.some((field) => field.includes('\0'))) return Promise.reject(new Error(`a NUL byte in the arguments of ${command}`))
-    return new Promise((resolve, reject) => {
-      const pending: Pending = { resolve, reject, maxOutputBytes: options.maxOutputBytes ?? 4 * 1024 * 1024 }
-      if (options.timeoutMs) {
-        pending.timer = setTimeout(() => { if (pending.pid) { try { process.kill(pending.pid, 'SIGKILL') } catch { /* gone */ } } }, options.timeoutMs)
+    if ([options.cwd ?? '', options.fd3 ?? '', ...env.flat(), ...argv].some((field) => field.includes('\0'))) throw new Error(`a NUL byte in the arguments of ${command}`)
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+    let base = ''
+    let pid: number | undefined
+    let timer: NodeJS.Timeout | undefined
+    const { reply } = this.worker.request((id) => {
+      base = join(this.dir, String(id))
+      let stdin = ''
+      if (options.input !== undefined) {
+        writeFileSync(`${base}.in`, options.input)
+        stdin = `${base}.in`
       }
-      this.pending.set(id, pending)
-      if (this.pending.size === 1) this.hold(true)
-      shell.stdin!.write(fields.join('\0') + '\0')
-    })
+      return [String(id), options.cwd ?? '', stdin, `${base}.out`, `${base}.err`, options.fd3 ?? '', String(env.length), ...env.flat(), String(argv.length), ...argv].join('\0') + '\0'
+    }, (interim) => { if (interim.kind === 'P') pid = Number(interim.rest) })
+    if (options.timeoutMs) timer = setTimeout(() => { if (pid) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } } }, options.timeoutMs)
+    try {
+      const done = await reply
+      const max = options.maxOutputBytes ?? 4 * 1024 * 1024
+      const read = (suffix: string) => { try { return readFileSync(`${base}.${suffix}`).subarray(0, max).toString() } catch { return '' } }
+      return { code: Number(done.rest), signal: null, stdout: read('out'), stderr: read('err') }
+    } finally {
+      if (timer) clearTimeout(timer)
+      for (const suffix of ['in', 'out', 'err']) rmSync(`${base}.${suffix}`, { force: true })
+    }
   }
 
   close(): void {
-    this.shell?.kill('SIGKILL')
-    this.shell = undefined
+    this.worker.close()
     rmSync(this.dir, { recursive: true, force: true })
   }
 }

@@ -2,12 +2,12 @@ import { existsSync, readdirSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { runCommand } from '../core/command.js'
 import { hostVethName, machineNetnsName } from './addressing.js'
+import { createMachineNetwork } from './netlink-helper.js'
 import { SIXPN_RESOLVER_ADDRESS } from './dns-resolver-address.js'
 
 // A host bridge in the host's namespace and, per Machine, a network namespace joined to it by a
-// veth pair (DESIGN "Network"; host-facts §4 measured this layout). Two `ip -batch` calls per
-// Machine keep the set-up to a few milliseconds: one in the host namespace, one inside the
-// Machine's (batch mode has no per-line `-n`).
+// veth pair (DESIGN "Network"; host-facts §4 measured this layout). The per-Machine set-up is
+// netlink from one long-lived helper (netlink-helper.ts); the rest is `ip`.
 
 export interface BridgeSpec {
   name: string
@@ -73,31 +73,19 @@ export async function setupMachineNetwork(spec: MachineNetworkSpec): Promise<str
   const netns = machineNetnsName(spec.machineId)
   const veth = hostVethName(spec.machineId)
   if (existsSync(netnsPath(spec.machineId))) await teardownMachineNetwork(spec.machineId, spec.sixpn)
-  await runCommand('ip', ['-batch', '-'], {
-    input: [
-      `netns add ${netns}`,
-      `link add ${veth} type veth peer name eth0 netns ${netns}`,
-      // The host end is a bridge port and needs no IPv6 address of its own: without one the
-      // kernel skips its link-local address, duplicate-address detection and MLD reports.
-      `link set ${veth} addrgenmode none`,
-      `link set ${veth} master ${spec.bridge} up`,
-      `route replace ${spec.sixpn}/128 dev ${spec.bridge}`,
-    ].join('\n') + '\n',
-  })
-  await runCommand('ip', ['-n', netns, '-batch', '-'], {
-    input: [
-      `link set lo up`,
+  try {
+    await createMachineNetwork({
+      netns, veth, bridge: spec.bridge, ipv4: spec.ipv4, ipv4Prefix: spec.ipv4Prefix, gatewayIpv4: spec.gatewayIpv4, sixpn: spec.sixpn,
       // A MAC derived from the IPv4 address: a restarted Machine keeps its address, and with the
       // same MAC the host's neighbour cache stays right (a fresh random MAC left it pointing at the
       // old one for up to ~45 s).
-      `link set eth0 address ${macForIpv4(spec.ipv4)}`,
-      `addr add ${spec.ipv4}/${spec.ipv4Prefix} dev eth0`,
-      `addr add ${spec.sixpn}/112 dev eth0 nodad`,
-      `link set eth0 up`,
-      `route add default via ${spec.gatewayIpv4}`,
-      `route add default via fe80::1 dev eth0`,
-    ].join('\n') + '\n',
-  })
+      mac: macForIpv4(spec.ipv4),
+    })
+  } catch (err) {
+    // Nothing half-made stays behind for the next attempt to trip over.
+    await teardownMachineNetwork(spec.machineId, spec.sixpn)
+    throw err
+  }
   return netnsPath(spec.machineId)
 }
 
