@@ -117,9 +117,11 @@ describe('hangar proxy across hosts, on loopback', { timeout: 120_000 }, () => {
     }
     const { toB, toC, bToC } = rtt
     process.stderr.write(`measured RTT: A→B ${toB.toFixed(2)} ms, A→C ${toC.toFixed(2)} ms, B→C ${bToC.toFixed(2)} ms\n`)
-    assert.ok(toB >= 10 && toB < 40, `A→B ${toB}`)
-    assert.ok(toC >= 50 && toC < 120, `A→C ${toC}`)
-    assert.ok(bToC >= 20 && bToC < 80, `B→C ${bToC}`)
+    // Lower bounds allow half a millisecond: the relay's timers and the proxy's clock round
+    // differently (a 10 ms link once read 9.77 ms).
+    assert.ok(toB >= 9.5 && toB < 40, `A→B ${toB}`)
+    assert.ok(toC >= 49.5 && toC < 120, `A→C ${toC}`)
+    assert.ok(bToC >= 19.5 && bToC < 80, `B→C ${bToC}`)
     assert.ok(toB < bToC && bToC < toC, 'the order of the links is the order of their delays')
     assert.equal(await a.metric('hangar_proxy_peer_up', { host: 'host-b' }), 1)
   })
