@@ -34,6 +34,8 @@ export interface HostOptions {
   /** Fixed capacity offered to the placement market (default: from the machine, overcommitted). */
   capacityCpus?: number
   capacityMemoryMb?: number
+  /** Size cap of the machines pool in GiB; 0 keeps Machines' writable layers on the data dir's fs. */
+  machinesPoolGb?: number
   /** Run the WireGuard mesh between hosts (src/host/host-mesh.ts). */
   mesh?: { listenPort: number; endpoint?: string; endpointOverridesFile?: string }
   /** Upper bound of the restart backoff for components that keep dying. */
@@ -81,6 +83,7 @@ export async function runHost(hostOptions: HostOptions): Promise<void> {
   if (options.capacityCpus) agentArgs.push('--cpus', String(options.capacityCpus))
   if (options.insecureRegistries?.length) agentArgs.push('--insecure-registry', ...options.insecureRegistries)
   if (options.capacityMemoryMb) agentArgs.push('--memory-mb', String(options.capacityMemoryMb))
+  if (options.machinesPoolGb !== undefined) agentArgs.push('--machines-pool-gb', String(options.machinesPoolGb))
   const components: ComponentSpec[] = []
   let catalogUrl: string | undefined
   if (options.catalog) {

@@ -3,7 +3,7 @@ import { runAgentProcess } from '../../agent/index.js'
 import { runApiProcess } from '../../api/index.js'
 import { runHost } from '../../host/index.js'
 import { defaultDataDir } from '../config.js'
-import { parseDurationMs } from '../../core/index.js'
+import { InvalidArgumentError, parseDurationMs } from '../../core/index.js'
 
 // The long-running processes: `hangar host` (supervises one host's components), `hangar agent`
 // (started by host), `hangar api`. Operators run `host` on every server and `api` where they like.
@@ -35,6 +35,7 @@ export function registerDaemons(program: Command): void {
     .option('--wireguard-endpoints <file>', 'a JSON {hostId: "ip:port"} that overrides where peers are reached')
     .option('--cpus <n>', 'Machine CPUs this host offers (default: cores × 16, shared CPUs overcommitted)')
     .option('--memory-mb <n>', 'Machine memory this host offers (default: RAM × 4)')
+    .option('--machines-pool-gb <n>', "size cap of the host's pool for Machines' writable layers (<data-dir>/machines.img); 0: keep them on the data dir's filesystem", '64')
     .option('--backhaul-port <port>', "the proxy's backhaul port on the host address (other hosts' proxies reach this host's Machines there)", '4003')
     .option('--cluster-ca <dir>', 'the cluster CA every host shares, for the backhaul between proxies (default: <data-dir>/cluster-ca, created if missing)')
     .action(async (opts) => {
@@ -48,6 +49,7 @@ export function registerDaemons(program: Command): void {
         mesh: opts.mesh ? { listenPort: Number(opts.wireguardPort), endpoint: opts.meshEndpoint, endpointOverridesFile: opts.wireguardEndpoints } : undefined,
         capacityCpus: opts.cpus ? Number(opts.cpus) : undefined,
         capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
+        machinesPoolGb: parseMachinesPoolGb(opts.machinesPoolGb),
         proxyArgs: ['--domain', opts.domain, ...(opts.proxyMetrics ? ['--metrics', opts.proxyMetrics] : [])],
       })
     })
@@ -63,6 +65,7 @@ export function registerDaemons(program: Command): void {
     .option('--insecure-registry <host...>', 'registries reached over plain HTTP')
     .option('--cpus <n>')
     .option('--memory-mb <n>')
+    .option('--machines-pool-gb <n>', "size cap of the machines pool (0: none)", '64')
     .option('--catalog-url <url>', "the host's catalog node API")
     .option('--mesh-endpoint <ip:port>', "this host's WireGuard endpoint (announced to the other hosts)")
     .option('--internal-dns', "Machines resolve through the host's .internal DNS")
@@ -73,6 +76,7 @@ export function registerDaemons(program: Command): void {
         catalogUrl: opts.catalogUrl, gossipAddr: opts.gossipAddr, meshEndpoint: opts.meshEndpoint, internalDns: opts.internalDns === true, proxyAddr: opts.proxyAddr,
         dataDir: opts.dataDir, region: opts.region, natsUrl: opts.nats, hostId: opts.hostId, machineSubnet: opts.machineSubnet, hostAddress: opts.hostAddress,
         insecureRegistries: opts.insecureRegistry, capacityCpus: opts.cpus ? Number(opts.cpus) : undefined, capacityMemoryMb: opts.memoryMb ? Number(opts.memoryMb) : undefined,
+        machinesPoolGb: parseMachinesPoolGb(opts.machinesPoolGb),
       })
     })
 
@@ -89,4 +93,11 @@ export function registerDaemons(program: Command): void {
     .action(async (opts) => {
       await runApiProcess({ dataDir: opts.dataDir, natsUrl: opts.nats, host: opts.host, port: Number(opts.port), region: opts.region, bootstrapOrg: opts.bootstrapOrg, tokenFile: opts.tokenFile, catalogUrl: opts.catalog })
     })
+}
+
+/** --machines-pool-gb: a whole number of GiB, 0 for no pool. */
+function parseMachinesPoolGb(value: string): number {
+  const gb = Number(value)
+  if (!Number.isInteger(gb) || gb < 0 || gb > 65_536) throw new InvalidArgumentError(`--machines-pool-gb must be a whole number of GiB from 0 to 65536, got ${JSON.stringify(value)}`)
+  return gb
 }
