@@ -72,6 +72,11 @@ sub netns_add {
 # machine <netns> <veth> <bridge> <ipv4> <prefix> <gateway4> <sixpn> <mac>
 sub machine {
   my ($netns, $veth, $bridge, $ipv4, $prefix, $gw4, $sixpn, $mac) = @_;
+  my $v4 = Socket::inet_pton(AF_INET, $ipv4) // die "not an IPv4 address: $ipv4\n";
+  my $gw = Socket::inet_pton(AF_INET, $gw4) // die "not an IPv4 address: $gw4\n";
+  my $v6 = Socket::inet_pton(AF_INET6, $sixpn) // die "not an IPv6 address: $sixpn\n";
+  $mac =~ /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i or die "not a MAC address: $mac\n";
+  $prefix =~ /^\d+$/ && $prefix <= 32 or die "not an IPv4 prefix length: $prefix\n";
   netns_add($netns);
   open(my $nsfd, '<', "/run/netns/$netns") or die "open netns: $!\n";
   my $host = nlsocket();
@@ -83,7 +88,7 @@ sub machine {
     ifinfo(0, 0, 0) . attr(3, "$veth\0") . attr(10, pack('L', $bridge_index)) . attr(26, attr(10, attr(8, pack('C', 1)))));
   talk($host, 'bring the veth up', $RTM_NEWLINK, 0, ifinfo(0, 1, 1) . attr(3, "$veth\0"));
   talk($host, 'route the 6PN address', $RTM_NEWROUTE, $F_CREATE | $F_REPLACE,
-    pack('CCCCCCCCI', AF_INET6, 128, 0, 0, 254, 3, 0, 1, 0) . attr(1, Socket::inet_pton(AF_INET6, $sixpn)) . attr(4, pack('L', $bridge_index)));
+    pack('CCCCCCCCI', AF_INET6, 128, 0, 0, 254, 3, 0, 1, 0) . attr(1, $v6) . attr(4, pack('L', $bridge_index)));
   need('enter the netns', setns_(fileno($nsfd)));
   my $ok = eval {
     my $nl = nlsocket();
@@ -91,12 +96,10 @@ sub machine {
     my $macbytes = pack('C6', map { hex } split(/:/, $mac));
     talk($nl, 'eth0 address', $RTM_NEWLINK, 0, ifinfo(0, 0, 0) . attr(3, "eth0\0") . attr(1, $macbytes));
     my $eth0 = ifindex('eth0');
-    my $v4 = Socket::inet_pton(AF_INET, $ipv4);
     talk($nl, 'add the IPv4 address', $RTM_NEWADDR, $F_CREATE | $F_EXCL, pack('CCCCI', AF_INET, $prefix, 0, 0, $eth0) . attr(2, $v4) . attr(1, $v4));
-    my $v6 = Socket::inet_pton(AF_INET6, $sixpn);
     talk($nl, 'add the 6PN address', $RTM_NEWADDR, $F_CREATE | $F_EXCL, pack('CCCCI', AF_INET6, 112, 0x02, 0, $eth0) . attr(2, $v6) . attr(1, $v6));
     talk($nl, 'eth0 up', $RTM_NEWLINK, 0, ifinfo($eth0, 1, 1));
-    talk($nl, 'IPv4 default route', $RTM_NEWROUTE, $F_CREATE | $F_EXCL, pack('CCCCCCCCI', AF_INET, 0, 0, 0, 254, 3, 0, 1, 0) . attr(5, Socket::inet_pton(AF_INET, $gw4)));
+    talk($nl, 'IPv4 default route', $RTM_NEWROUTE, $F_CREATE | $F_EXCL, pack('CCCCCCCCI', AF_INET, 0, 0, 0, 254, 3, 0, 1, 0) . attr(5, $gw));
     talk($nl, 'IPv6 default route', $RTM_NEWROUTE, $F_CREATE | $F_EXCL, pack('CCCCCCCCI', AF_INET6, 0, 0, 0, 254, 3, 0, 1, 0) . attr(5, Socket::inet_pton(AF_INET6, 'fe80::1')) . attr(4, pack('L', $eth0)));
     1;
   };
