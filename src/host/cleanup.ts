@@ -11,10 +11,16 @@ import { CrunDriver } from '../runtime/index.js'
 // mount, and the bridge.
 
 export async function cleanupHost(dataDir: string, options: { bridge?: string } = {}): Promise<{ stopped: number }> {
-  if (!existsSync(join(dataDir, 'agent.db'))) {
+  try {
+    return await stopEverything(dataDir, options)
+  } finally {
+    // Last, and whatever failed before: a mounted pool keeps its loop device and its directory.
     await unmountMachinesPool(dataDir)
-    return { stopped: 0 }
   }
+}
+
+async function stopEverything(dataDir: string, options: { bridge?: string }): Promise<{ stopped: number }> {
+  if (!existsSync(join(dataDir, 'agent.db'))) return { stopped: 0 }
   const hostId = hostIdFor(dataDir)
   const store = new AgentStore(join(dataDir, 'agent.db'))
   const driver = await CrunDriver.create({ stateDir: join(dataDir, 'runtime'), cgroupParent: `hangar-${createHash('sha256').update(hostId).digest('hex').slice(0, 8)}` })
@@ -38,7 +44,6 @@ export async function cleanupHost(dataDir: string, options: { bridge?: string } 
     }
     for (const id of await driver.list()) await driver.remove(id)
     for (const mount of await listRootfsMounts(join(dataDir, 'machines'))) await releaseRootfs(mount.machineDir).catch(() => undefined)
-    await unmountMachinesPool(dataDir)
     await removeBridge(options.bridge ?? bridgeNameFor(hostId))
   } finally {
     await driver.close()

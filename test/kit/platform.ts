@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { startApi, type RunningApi } from '../../src/api/index.js'
 import { startNatsServer, type NatsServer } from '../../src/bus/index.js'
 import { cleanupHost } from '../../src/host/index.js'
+import { unmountMachinesPool } from '../../src/images/index.js'
 import { silentLogger, createLogger } from '../../src/core/index.js'
 import { ApiClient } from '../../src/cli/api-client.js'
 import { randomSubnet } from './agent-host.js'
@@ -65,7 +66,9 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
     }
     const agentPidFile = join(dir, 'agent.pid')
     if (existsSync(agentPidFile)) { try { process.kill(Number(readFileSync(agentPidFile, 'utf8')), 'SIGKILL') } catch { /* gone */ } }
-    await cleanupHost(dir).catch(() => undefined)
+    await cleanupHost(dir).catch((err: Error) => { process.stderr.write(`platform kit: cleaning up host ${dir} failed: ${err.stack ?? err.message}\n`) })
+    // Whatever happened above, the machines pool must not outlive the test.
+    await unmountMachinesPool(dir).catch(() => undefined)
   }
   const close = async () => {
     await stopHost(host, hostDir)
