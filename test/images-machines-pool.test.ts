@@ -38,3 +38,15 @@ test('a machines dir that already holds Machines from before pools is used as it
   assert.ok(!isMountpoint(join(dataDir, 'machines')))
   assert.equal(warnings.length, 1)
 })
+
+test('a host where the pool cannot be made keeps Machines on the data dir, with a warning', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hangar-pool-'))
+  t.after(async () => { await unmountMachinesPool(dataDir); rmSync(dataDir, { recursive: true, force: true }) })
+  // A directory where the image file should be: it can be neither made nor mounted.
+  mkdirSync(join(dataDir, 'machines.img'))
+  const warnings: string[] = []
+  const logger = { debug() {}, info() {}, error() {}, warn: (message: string) => { warnings.push(message) }, child() { return logger } }
+  assert.equal(await mountMachinesPool(dataDir, { logger }), join(dataDir, 'machines'))
+  assert.ok(!isMountpoint(join(dataDir, 'machines')))
+  assert.match(warnings.join('\n'), /no machines pool/)
+})

@@ -28,7 +28,8 @@ export interface MachinesPoolOptions {
 
 /** Mounts the pool at `<dataDir>/machines` (making the image on first use) and returns that path.
  * Idempotent: a pool an earlier agent mounted is used as it is. A data dir whose `machines` dir
- * already holds Machines from before pools were used keeps using it, unpooled. */
+ * already holds Machines from before pools were used keeps using it, unpooled; so does a host
+ * where the image cannot be made or loop-mounted (with a warning in the agent's log). */
 export async function mountMachinesPool(dataDir: string, options: MachinesPoolOptions = {}): Promise<string> {
   const logger = options.logger ?? silentLogger
   const mountpoint = join(dataDir, MOUNTPOINT)
@@ -39,9 +40,15 @@ export async function mountMachinesPool(dataDir: string, options: MachinesPoolOp
     return mountpoint
   }
   const image = join(dataDir, IMAGE)
-  if (!existsSync(image)) await makePoolImage(image, dataDir, options.sizeGb ?? DEFAULT_SIZE_GB)
-  const mounted = await runCommand('mount', ['-o', 'loop,discard,noatime', image, mountpoint], { allowFailure: true, timeoutMs: 60_000 })
-  if (mounted.code !== 0) throw new InternalError(`cannot mount the machines pool ${image} at ${mountpoint}: ${mounted.stderr.trim()}`)
+  try {
+    if (!existsSync(image)) await makePoolImage(image, dataDir, options.sizeGb ?? DEFAULT_SIZE_GB)
+    const mounted = await runCommand('mount', ['-o', 'loop,discard,noatime', image, mountpoint], { allowFailure: true, timeoutMs: 60_000 })
+    if (mounted.code !== 0) throw new InternalError(`cannot mount ${image} at ${mountpoint}: ${mounted.stderr.trim()}`)
+  } catch (err) {
+    // A host without loop devices (some containers) still runs Machines, on the data dir's disk.
+    logger.warn('no machines pool: Machines keep their writable layers on the data dir\'s filesystem', { err })
+    return mountpoint
+  }
   logger.info('machines pool mounted', { image, mountpoint })
   return mountpoint
 }
