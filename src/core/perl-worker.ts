@@ -27,13 +27,15 @@ export class PerlWorker {
     if (this.child && this.child.exitCode === null && !this.child.killed) return this.child
     const child = spawn('perl', ['-e', this.script], { stdio: ['pipe', 'pipe', 'inherit'] })
     createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line))
-    child.once('exit', () => {
+    const fail = (why: string) => {
       if (this.child === child) this.child = undefined
       for (const [id, pending] of this.pending) {
-        pending.reject(new Error(`the ${this.name} exited`))
+        pending.reject(new Error(`the ${this.name} ${why}`))
         this.pending.delete(id)
       }
-    })
+    }
+    child.once('exit', () => fail('exited'))
+    child.once('error', (err) => fail(`could not run perl (Debian package perl-base): ${err.message}`))
     child.stdin!.on('error', () => undefined)
     this.child = child
     this.hold(false)
