@@ -93,7 +93,11 @@ test('Machines resolve .internal names through the host’s DNS', { timeout: 150
     assert.notEqual(foreign.exit_code, 0)
     assert.match(foreign.stdout, /NXDOMAIN/)
     assert.deepEqual(foreign.addresses, [])
-    const own = await lookup('dnsrival', rival.id, 'dnsrival.internal', rivalToken)
+    // The rival Machine was made last: its row may reach the host's DNS a moment after the others.
+    const own = await eventually('dnsrival.internal from its own Machine', async () => {
+      const result = await lookup('dnsrival', rival.id, 'dnsrival.internal', rivalToken)
+      return result.addresses.length > 0 ? result : undefined
+    }, 20_000)
     assert.deepEqual(own.addresses, [rival.private_ip])
     const apps = await exec('dnsrival', rival.id, ['nslookup', '-type=TXT', '_apps.internal'], rivalToken)
     assert.match(apps.stdout, /text = "dnsrival"/)

@@ -79,7 +79,7 @@ const KILL_GRACE_MS = 10_000
 const DEFAULT_MAX_RETRIES = 10
 // How long a Machine's changes are gathered before its view goes out (NATS, catalog): long
 // enough that a create's creating → starting → started usually goes out once.
-const PUBLISH_COALESCE_MS = 40
+const PUBLISH_COALESCE_MS = 25
 
 export class Agent {
   readonly store: AgentStore

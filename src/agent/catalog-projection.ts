@@ -15,7 +15,7 @@ export class CatalogProjection {
   private flushing = false
   private closed = false
 
-  constructor(private readonly client: CatalogClient, private readonly hostId: string, private readonly logger: Logger, private readonly delayMs = 40) {}
+  constructor(private readonly client: CatalogClient, private readonly hostId: string, private readonly logger: Logger, private readonly delayMs = 25) {}
 
   machineChanged(row: MachineRow, route: MachineRoute): void {
     if (row.state === 'destroyed') {

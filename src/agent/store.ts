@@ -154,11 +154,12 @@ export class AgentStore {
   constructor(path: string, options: { exclusive?: boolean } = {}) {
     mkdirSync(dirname(path), { recursive: true })
     this.db = new Database(path)
+    // First: a database an agent is letting go of (it holds it exclusively) is waited for.
+    this.db.pragma('busy_timeout = 5000')
     // Before the first access to the WAL (SQLite's rule for a heap-memory WAL index).
     if (options.exclusive) this.db.pragma('locking_mode = EXCLUSIVE')
     this.db.pragma('journal_mode = WAL')
     this.db.pragma('synchronous = NORMAL')
-    this.db.pragma('busy_timeout = 5000')
     this.db.exec(SCHEMA)
     const db = this.db
     this.statements = {

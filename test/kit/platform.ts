@@ -8,6 +8,7 @@ import { startApi, type RunningApi } from '../../src/api/index.js'
 import { startNatsServer, type NatsServer } from '../../src/bus/index.js'
 import { cleanupHost } from '../../src/host/index.js'
 import { unmountMachinesPool } from '../../src/images/index.js'
+import { eventually } from './eventually.js'
 import { silentLogger, createLogger } from '../../src/core/index.js'
 import { ApiClient } from '../../src/cli/api-client.js'
 import { randomSubnet } from './agent-host.js'
@@ -65,7 +66,12 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
       clearTimeout(timer)
     }
     const agentPidFile = join(dir, 'agent.pid')
-    if (existsSync(agentPidFile)) { try { process.kill(Number(readFileSync(agentPidFile, 'utf8')), 'SIGKILL') } catch { /* gone */ } }
+    if (existsSync(agentPidFile)) {
+      const pid = Number(readFileSync(agentPidFile, 'utf8'))
+      try { process.kill(pid, 'SIGKILL') } catch { /* gone */ }
+      // Gone, not just signalled: a dying agent still holds its database and its Machines.
+      await eventually('the agent to be gone', () => { try { process.kill(pid, 0); return false } catch { return true } }, 10_000, 10).catch(() => undefined)
+    }
     await cleanupHost(dir).catch((err: Error) => { process.stderr.write(`platform kit: cleaning up host ${dir} failed: ${err.stack ?? err.message}\n`) })
     // Whatever happened above, the machines pool must not outlive the test.
     await unmountMachinesPool(dir).catch(() => undefined)

@@ -234,7 +234,13 @@ export async function down(dataDir: string): Promise<{ stopped: string[]; machin
       const path = join(hostDir, file)
       if (!existsSync(path)) continue
       const pid = Number(readFileSync(path, 'utf8'))
-      if (alive(pid)) { process.kill(pid, 'SIGKILL'); stopped.push(file.replace('.pid', '')) }
+      if (alive(pid)) {
+        process.kill(pid, 'SIGKILL')
+        stopped.push(file.replace('.pid', ''))
+        // Gone, not just signalled: a dying agent still holds its database.
+        const deadline = Date.now() + 10_000
+        while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+      }
       rmSync(path, { force: true })
     }
     machinesStopped += (await cleanupHost(hostDir)).stopped
