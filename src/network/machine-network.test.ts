@@ -14,7 +14,7 @@ test('a Machine gets its namespace, veth on the bridge, addresses and default ro
   const suffix = randomBytes(3).toString('hex')
   const bridge = `hgn${suffix}`
   const machineId = randomBytes(7).toString('hex')
-  const sixpn = `fdaa:0:77:0:9:0:${suffix.slice(0, 4)}:2`
+  const sixpn = `fdaa:0:77:0:9:0:${(parseInt(suffix.slice(0, 4), 16) | 0x1000).toString(16)}:2`
   t.after(async () => { await teardownMachineNetwork(machineId, sixpn); await removeBridge(bridge) })
   await ensureBridge({ name: bridge, gatewayCidr: '10.252.0.1/24' })
 
