@@ -698,9 +698,8 @@ export class Agent {
   }
 
   private async prepareRootfs(machine: MachineRow): Promise<string> {
-    const dir = this.machineDir(machine.id)
-    mkdirSync(dir, { recursive: true })
-    return this.options.images.prepareRootfs(await this.imageFor(machine), dir)
+    // The image port makes the Machine's dir (and the rootfs dirs in it) as it needs them.
+    return this.options.images.prepareRootfs(await this.imageFor(machine), this.machineDir(machine.id))
   }
 
   private rootfsPath(machine: MachineRow): string {

@@ -102,6 +102,7 @@ while (1) {
 export class CommandShell {
   private readonly worker = new PerlWorker('command launcher', LAUNCHER, new Set(['D']))
   private readonly dir: string
+  private dirMade = false
 
   constructor(dir = `/dev/shm/hangar-commands-${process.pid}`) {
     this.dir = dir
@@ -113,7 +114,7 @@ export class CommandShell {
     for (const [k] of env) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad env name ${k}`)
     const argv = [command, ...args]
     if ([options.cwd ?? '', options.fd3 ?? '', ...env.flat(), ...argv].some((field) => field.includes('\0'))) throw new Error(`a NUL byte in the arguments of ${command}`)
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+    if (!this.dirMade) { mkdirSync(this.dir, { recursive: true, mode: 0o700 }); this.dirMade = true }
     let base = ''
     let pid: number | undefined
     let timer: NodeJS.Timeout | undefined
@@ -141,6 +142,7 @@ export class CommandShell {
   close(): void {
     this.worker.close()
     rmSync(this.dir, { recursive: true, force: true })
+    this.dirMade = false
   }
 }
 

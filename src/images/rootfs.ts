@@ -1,6 +1,6 @@
 import { runCommand } from '../core/command.js'
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
-import { mkdir, readdir, realpath, rename, rm, rmdir, stat, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, realpath, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import { InternalError, InvalidArgumentError } from '../core/index.js'
 import { readMountInfo } from './mountinfo.js'
@@ -96,18 +96,11 @@ export function prepareRootfs(image: RootfsImage, machineDir: string): Promise<s
 
     await rm(paths.lower, { recursive: true, force: true })
     await mkdir(paths.lower)
-    const topFirst = [...image.layerDirs].reverse()
-    if (topFirst.length === 0) {
-      // An image without layers still needs one lower dir: an empty one.
-      const empty = join(paths.overlayDir, 'empty')
-      await mkdir(empty, { recursive: true })
-      topFirst.push(empty)
-    }
-    for (const [i, dir] of topFirst.entries()) await symlink(resolve(dir), join(paths.lower, String(i)))
+    const layers = linkLowerLayers(image, paths)
 
     // Recorded before mounting, so a crash right after the mount still knows what is mounted.
     await writeState(paths, { manifestDigest: image.manifestDigest, layerDirs: image.layerDirs })
-    await mountOverlay(paths, topFirst.length)
+    await mountOverlay(paths, layers)
     return paths.rootfs
   })
 }
@@ -120,16 +113,23 @@ async function mountFresh(image: RootfsImage, paths: RootfsPaths): Promise<strin
   // reruns take the general path.
   for (const dir of [paths.machineDir, paths.rootfs]) mkdirSync(dir, { recursive: true })
   for (const dir of [paths.overlayDir, paths.upper, paths.work, paths.lower]) mkdirSync(dir)
+  const layers = linkLowerLayers(image, paths)
+  writeFileSync(paths.stateFile, JSON.stringify({ manifestDigest: image.manifestDigest, layerDirs: image.layerDirs } satisfies RootfsState))
+  await mountOverlay(paths, layers)
+  return paths.rootfs
+}
+
+/** Fills the (empty) lower dir with `0`, `1`, … → the layer dirs, top layer first, and returns
+ * how many there are. An image without layers still needs one lower dir: an empty one. */
+function linkLowerLayers(image: RootfsImage, paths: RootfsPaths): number {
   const topFirst = [...image.layerDirs].reverse()
   if (topFirst.length === 0) {
     const empty = join(paths.overlayDir, 'empty')
-    mkdirSync(empty)
+    mkdirSync(empty, { recursive: true })
     topFirst.push(empty)
   }
   topFirst.forEach((dir, i) => symlinkSync(resolve(dir), join(paths.lower, String(i))))
-  writeFileSync(paths.stateFile, JSON.stringify({ manifestDigest: image.manifestDigest, layerDirs: image.layerDirs } satisfies RootfsState))
-  await mountOverlay(paths, topFirst.length)
-  return paths.rootfs
+  return topFirst.length
 }
 
 function mountOverlay(paths: RootfsPaths, layers: number): Promise<void> {

@@ -10,7 +10,6 @@ import { Bus, SUBJECTS } from '../../src/bus/index.js'
 import { ApiClient } from '../../src/cli/api-client.js'
 import { runCommand } from '../../src/core/command.js'
 import { cleanupHost } from '../../src/host/index.js'
-import { unmountMachinesPool } from '../../src/images/index.js'
 import { WireguardMesh, hostNumber, hostSixpnPrefix, overlayAddressFor, type MeshPeer } from '../../src/network/index.js'
 import { createNetnsStar, killNetnsProcesses, netnsExec, type NetnsStar } from './netns-star.js'
 import { startHub, type Hub, type NatsNodeInfo } from './netns-hub.js'
@@ -244,11 +243,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await Promise.allSettled(hosts.map(async (host) => {
         await host.mesh?.close()
         await killNetnsProcesses(host.netns)
-        try {
-          await cleanupHost(host.dataDir)
-        } finally {
-          await unmountMachinesPool(host.dataDir)
-        }
+        await cleanupHost(host.dataDir)
       }))
       closeMark('machines')
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined)

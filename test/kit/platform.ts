@@ -7,7 +7,6 @@ import { fileURLToPath } from 'node:url'
 import { startApi, type RunningApi } from '../../src/api/index.js'
 import { startNatsServer, type NatsServer } from '../../src/bus/index.js'
 import { cleanupHost } from '../../src/host/index.js'
-import { unmountMachinesPool } from '../../src/images/index.js'
 import { eventually } from './eventually.js'
 import { silentLogger, createLogger } from '../../src/core/index.js'
 import { ApiClient } from '../../src/cli/api-client.js'
@@ -72,9 +71,8 @@ export async function startPlatform(options: { region?: string; hostArgs?: strin
       // Gone, not just signalled: a dying agent still holds its database and its Machines.
       await eventually('the agent to be gone', () => { try { process.kill(pid, 0); return false } catch { return true } }, 10_000, 10).catch(() => undefined)
     }
+    // cleanupHost unmounts the machines pool whatever else fails.
     await cleanupHost(dir).catch((err: Error) => { process.stderr.write(`platform kit: cleaning up host ${dir} failed: ${err.stack ?? err.message}\n`) })
-    // Whatever happened above, the machines pool must not outlive the test.
-    await unmountMachinesPool(dir).catch(() => undefined)
   }
   const close = async () => {
     await stopHost(host, hostDir)
